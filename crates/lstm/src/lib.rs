@@ -1,0 +1,1 @@
+//! Fused LSTM (being built).

@@ -1,0 +1,2 @@
+//! ulmfit-tensor: f32 tensors with reverse-mode autograd (being built).
+pub mod gemm;

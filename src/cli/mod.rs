@@ -1,0 +1,4 @@
+//! Subcommand implementations, one module per family.
+
+pub mod bench;
+pub mod text;

@@ -1,0 +1,43 @@
+//! `ulmfit`: the command line of ulmfit-rs.
+//!
+//! Each subcommand lives in its own module under `src/cli/`; this file only parses the
+//! command line and dispatches. Errors print as one clear message and exit with status 1.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+/// ULMFiT rebuilt from scratch in Rust.
+#[derive(Parser)]
+#[command(name = "ulmfit", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Time the engine: `bench lstm`, `bench matmul`.
+    #[command(subcommand)]
+    Bench(cli::bench::BenchCommand),
+    /// Show what the tokenizer does to a text file.
+    Tokenize(cli::text::TokenizeArgs),
+    /// Build a vocabulary from a text file and save it.
+    Vocab(cli::text::VocabArgs),
+    /// Download the public datasets, verified by checksum.
+    Download(cli::text::DownloadArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Bench(cmd) => cli::bench::run(cmd),
+        Command::Tokenize(args) => cli::text::tokenize(args),
+        Command::Vocab(args) => cli::text::vocab(args),
+        Command::Download(args) => cli::text::download(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
