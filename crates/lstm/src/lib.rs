@@ -1,1 +1,23 @@
-//! Fused LSTM (being built).
+//! ulmfit-lstm: the LSTM layer of ulmfit-rs, fused for the CPU.
+//!
+//! - [`reference`]: plain loops, the spec (gate order i, f, g, o as PyTorch).
+//! - [`layer`]: the fused layer, forward and backward through time over a whole sequence.
+//! - [`op`]: the fused layer as one `ulmfit_tensor` autograd op.
+//! - [`cell`]: the per-step fused cell kernels (AVX-512, AVX2+FMA, scalar), picked at run time.
+//! - [`stack`]: multi-layer stacks with per-layer sizes, carried state and DropConnect.
+//! - `recurrent`: the per-step recurrent products with W_hh prepared once per sequence.
+//! - `pool`: recycled trace buffers, so forwards do not page-fault fresh memory.
+//! - `simd`: the lane trait and the exp / sigmoid / tanh approximations the cell uses.
+
+pub mod cell;
+pub mod layer;
+pub mod op;
+mod pool;
+mod recurrent;
+pub mod reference;
+mod simd;
+pub mod stack;
+
+pub use cell::Isa;
+pub use reference::{LstmDims, LstmGrads, LstmOutput, LstmParams};
+pub use stack::{DropMask, LayerWeights, LstmStack};

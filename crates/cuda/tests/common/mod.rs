@@ -1,0 +1,131 @@
+//! Shared by the CUDA tests: random layers, the comparison that fails loudly, the GPU skip.
+#![allow(dead_code)] // each test file uses a different subset
+
+use ulmfit_lstm::{LstmDims, LstmParams};
+
+/// Deterministic uniform floats in [-scale, scale) (64-bit LCG; no rand dependency).
+pub fn uniform(n: usize, scale: f32, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// A random layer and its inputs: PyTorch's init range 1/sqrt(H) for weights.
+pub struct Case {
+    pub d: LstmDims,
+    pub w_ih: Vec<f32>,
+    pub w_hh: Vec<f32>,
+    pub b_ih: Vec<f32>,
+    pub b_hh: Vec<f32>,
+    pub x: Vec<f32>,
+    pub h0: Vec<f32>,
+    pub c0: Vec<f32>,
+    pub dy: Vec<f32>,
+    pub dh_n: Vec<f32>,
+    pub dc_n: Vec<f32>,
+}
+
+impl Case {
+    pub fn new(t: usize, b: usize, i: usize, h: usize, seed: u64) -> Case {
+        let d = LstmDims { t, b, i, h };
+        let k = 1.0 / (h as f32).sqrt();
+        Case {
+            d,
+            w_ih: uniform(4 * h * i, k, seed),
+            w_hh: uniform(4 * h * h, k, seed + 1),
+            b_ih: uniform(4 * h, k, seed + 2),
+            b_hh: uniform(4 * h, k, seed + 3),
+            x: uniform(t * b * i, 1.0, seed + 4),
+            h0: uniform(b * h, 0.5, seed + 5),
+            c0: uniform(b * h, 0.5, seed + 6),
+            dy: uniform(t * b * h, 1.0, seed + 7),
+            dh_n: uniform(b * h, 1.0, seed + 8),
+            dc_n: uniform(b * h, 1.0, seed + 9),
+        }
+    }
+
+    pub fn params(&self) -> LstmParams<'_> {
+        LstmParams {
+            w_ih: &self.w_ih,
+            w_hh: &self.w_hh,
+            b_ih: &self.b_ih,
+            b_hh: &self.b_hh,
+        }
+    }
+}
+
+/// Asserts |got - want| <= atol + rtol * |want| elementwise, with atol = atol_rel * max|want|
+/// (so sums of many terms are judged on their scale); prints the max difference and the
+/// first bad index. NaN never passes.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol_rel: f32) {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: length {} vs reference {}",
+        got.len(),
+        want.len()
+    );
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let atol = atol_rel * scale.max(1e-6);
+    let (mut max_diff, mut max_at, mut first_bad) = (0.0f32, 0, None);
+    for (k, (&a, &b)) in got.iter().zip(want).enumerate() {
+        let diff = if a.is_nan() {
+            f32::INFINITY
+        } else {
+            (a - b).abs()
+        };
+        if diff > max_diff {
+            (max_diff, max_at) = (diff, k);
+        }
+        let within = diff <= atol + rtol * b.abs(); // false for NaN
+        if !within && first_bad.is_none() {
+            first_bad = Some(k);
+        }
+    }
+    println!(
+        "  {what:<6} n={:<7} max|diff|={max_diff:.3e} at {max_at} (max|ref|={scale:.3e})",
+        got.len()
+    );
+    if let Some(k) = first_bad {
+        panic!(
+            "{what}: mismatch at index {k}: got {} want {} (atol {atol:.2e}, rtol {rtol:.0e}); \
+             max |diff| {max_diff:.3e} at {max_at}",
+            got[k], want[k]
+        );
+    }
+}
+
+/// Opens the GPU, or prints one skip line and returns None when there is no driver.
+/// With ULMFIT_REQUIRE_GPU=1 a missing GPU fails the test instead.
+pub fn gpu_or_skip(test: &str, tf32: bool) -> Option<ulmfit_cuda::Gpu> {
+    match ulmfit_cuda::Gpu::new(tf32) {
+        Ok(gpu) => {
+            println!("{test}: running on {} (tf32 {tf32})", gpu.name());
+            Some(gpu)
+        }
+        Err(e @ ulmfit_cuda::Error::NoDriver(_)) => {
+            if std::env::var("ULMFIT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("{test}: ULMFIT_REQUIRE_GPU=1 but the GPU is unavailable: {e}");
+            }
+            println!("skip: no CUDA driver ({test}: {e})");
+            None
+        }
+        Err(e) => panic!("{test}: the GPU is present but failed to initialise: {e}"),
+    }
+}
+
+static GPU_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Serializes the GPU tests of one binary: one graph capture or run on the device at a
+/// time. A panicking test does not poison the others.
+pub fn gpu_lock() -> std::sync::MutexGuard<'static, ()> {
+    GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

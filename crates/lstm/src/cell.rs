@@ -1,0 +1,217 @@
+//! The fused LSTM cell for one time step, forward and backward, in explicit SIMD.
+//!
+//! Gate order i, f, g, o. Each kernel walks rows `b` of the batch and hidden units `j` in
+//! vectors of `V::N` lanes, finishing each row with the scalar (`f32`) instance of the same
+//! generic body. Checked against `reference.rs` through the layer tests, and every ISA
+//! against the scalar path by the tests at the bottom of this file.
+
+use crate::simd::{self, Lanes};
+
+/// The instruction set the kernels run with, chosen once at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Plain f32 code, any CPU.
+    Scalar,
+    /// AVX2 + FMA, 8 lanes.
+    Avx2,
+    /// AVX-512F, 16 lanes.
+    Avx512,
+}
+
+impl Isa {
+    /// The widest instruction set this CPU supports.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
+    }
+
+    /// Whether this CPU can run `self`.
+    pub fn available(self) -> bool {
+        self == Isa::Scalar || Isa::detect() == Isa::Avx512 || Isa::detect() == self
+    }
+}
+
+/// Buffers of one forward step for `rows` batch rows, H hidden units.
+pub struct CellFwd<'a> {
+    /// In: pre-activations `x W_ih^T + h W_hh^T` (no bias); out: activated gates. [rows, 4H]
+    pub gates: &'a mut [f32],
+    /// `b_ih + b_hh`, [4H]
+    pub bias: &'a [f32],
+    /// c_{t-1}, [rows, H]
+    pub c_prev: &'a [f32],
+    /// Out: c_t, [rows, H]
+    pub c: &'a mut [f32],
+    /// Out: h_t, [rows, H]
+    pub h: &'a mut [f32],
+}
+
+/// Buffers of one backward step for `rows` batch rows, H hidden units.
+pub struct CellBwd<'a> {
+    /// In: activated gates of step t; out: dL/d(pre-activation). [rows, 4H]
+    pub gates: &'a mut [f32],
+    /// c_t and c_{t-1}, [rows, H]
+    pub c: &'a [f32],
+    pub c_prev: &'a [f32],
+    /// dL/dh_t from the output and from step t+1, [rows, H] each
+    pub dy: &'a [f32],
+    pub dh_rec: &'a [f32],
+    /// In: dL/dc_t from step t+1; out: dL/dc_{t-1}. [rows, H]
+    pub dc: &'a mut [f32],
+}
+
+impl CellBwd<'_> {
+    /// The same step reading its recurrent dL/dh from `dh_rec` [rows, H].
+    pub fn with_dh_rec<'b>(&'b mut self, dh_rec: &'b [f32]) -> CellBwd<'b> {
+        CellBwd {
+            gates: &mut *self.gates,
+            c: self.c,
+            c_prev: self.c_prev,
+            dy: self.dy,
+            dh_rec,
+            dc: &mut *self.dc,
+        }
+    }
+}
+
+/// One step's buffers, processed `V::N` hidden units of one row at a time.
+pub trait CellStep {
+    /// Checks every buffer against `rows` x `hn` and panics naming the one that disagrees.
+    fn check(&self, rows: usize, hn: usize);
+    /// Processes units `j..j+V::N` of `row`.
+    ///
+    /// # Safety
+    /// `row < rows()`, `j + V::N <= H`, the buffers hold the shapes documented on the struct,
+    /// and the CPU supports `V`.
+    unsafe fn lanes<V: Lanes>(&mut self, hn: usize, row: usize, j: usize);
+}
+
+impl CellStep for CellFwd<'_> {
+    fn check(&self, rows: usize, hn: usize) {
+        let n = rows * hn;
+        let lens = [
+            ("gates", self.gates.len(), 4 * n),
+            ("bias", self.bias.len(), 4 * hn),
+            ("c_prev", self.c_prev.len(), n),
+        ];
+        check_lens("cell forward", &lens);
+        check_lens("cell forward", &[("c", self.c.len(), n), ("h", self.h.len(), n)]);
+    }
+    /// `c = f c_prev + i g`, `h = o tanh(c)`.
+    #[inline(always)]
+    unsafe fn lanes<V: Lanes>(&mut self, hn: usize, row: usize, j: usize) {
+        let s = self;
+        let (g, bias) = (s.gates.as_mut_ptr().add(row * 4 * hn + j), s.bias.as_ptr().add(j));
+        let pre = |k: usize| V::load(g.add(k * hn)).add(V::load(bias.add(k * hn)));
+        let i = simd::sigmoid(pre(0));
+        let f = simd::sigmoid(pre(1));
+        let gg = simd::tanh(pre(2));
+        let o = simd::sigmoid(pre(3));
+        let at = row * hn + j;
+        let c = f.mul(V::load(s.c_prev.as_ptr().add(at))).add(i.mul(gg));
+        c.store(s.c.as_mut_ptr().add(at));
+        o.mul(simd::tanh(c)).store(s.h.as_mut_ptr().add(at));
+        for (k, v) in [i, f, gg, o].into_iter().enumerate() {
+            v.store(g.add(k * hn));
+        }
+    }
+}
+
+impl CellStep for CellBwd<'_> {
+    fn check(&self, rows: usize, hn: usize) {
+        let n = rows * hn;
+        let lens = [
+            ("gates", self.gates.len(), 4 * n),
+            ("c", self.c.len(), n),
+            ("c_prev", self.c_prev.len(), n),
+        ];
+        check_lens("cell backward", &lens);
+        let lens = [
+            ("dy", self.dy.len(), n),
+            ("dh_rec", self.dh_rec.len(), n),
+            ("dc", self.dc.len(), n),
+        ];
+        check_lens("cell backward", &lens);
+    }
+    /// Gate gradients from the saved activations (sigmoid' = v (1 - v), tanh' = 1 - v^2).
+    #[inline(always)]
+    unsafe fn lanes<V: Lanes>(&mut self, hn: usize, row: usize, j: usize) {
+        let s = self;
+        let g = s.gates.as_mut_ptr().add(row * 4 * hn + j);
+        let (i, f, gg, o) = (
+            V::load(g),
+            V::load(g.add(hn)),
+            V::load(g.add(2 * hn)),
+            V::load(g.add(3 * hn)),
+        );
+        let at = row * hn + j;
+        let one = V::splat(1.0);
+        let tc = simd::tanh(V::load(s.c.as_ptr().add(at)));
+        let dh = V::load(s.dy.as_ptr().add(at)).add(V::load(s.dh_rec.as_ptr().add(at)));
+        // dc = dc_next + dh o (1 - tanh(c)^2)
+        let dc = dh.mul(o).mul(one.sub(tc.mul(tc))).add(V::load(s.dc.as_ptr().add(at)));
+        let dgate = |v: V, d: V| d.mul(v).mul(one.sub(v)); // sigmoid' = v (1 - v)
+        dgate(i, dc.mul(gg)).store(g);
+        dgate(f, dc.mul(V::load(s.c_prev.as_ptr().add(at)))).store(g.add(hn));
+        dc.mul(i).mul(one.sub(gg.mul(gg))).store(g.add(2 * hn));
+        dgate(o, dh.mul(tc)).store(g.add(3 * hn));
+        dc.mul(f).store(s.dc.as_mut_ptr().add(at));
+    }
+}
+
+fn check_lens(op: &str, lens: &[(&str, usize, usize)]) {
+    for &(name, got, want) in lens {
+        assert_eq!(got, want, "{op}: {name} has {got} elements, expected {want}");
+    }
+}
+
+/// Runs `s` over all `rows` x `hn` units: full vectors, then the row's scalar tail.
+#[inline(always)]
+unsafe fn run_rows<V: Lanes, S: CellStep>(s: &mut S, rows: usize, hn: usize) {
+    let full = hn - hn % V::N;
+    for row in 0..rows {
+        for j in (0..full).step_by(V::N) {
+            s.lanes::<V>(hn, row, j);
+        }
+        for j in full..hn {
+            s.lanes::<f32>(hn, row, j);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2<S: CellStep>(s: &mut S, rows: usize, hn: usize) {
+    run_rows::<simd::Avx2, S>(s, rows, hn)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn run_avx512<S: CellStep>(s: &mut S, rows: usize, hn: usize) {
+    run_rows::<simd::Avx512, S>(s, rows, hn)
+}
+
+/// Runs one cell step (forward or backward) over `rows` x `hn` units with `isa`.
+pub fn run<S: CellStep>(isa: Isa, s: &mut S, rows: usize, hn: usize) {
+    s.check(rows, hn);
+    assert!(isa.available(), "cell: {isa:?} is not supported by this CPU");
+    // SAFETY: buffer lengths checked above; the ISA is supported.
+    unsafe {
+        match isa {
+            Isa::Scalar => run_rows::<f32, S>(s, rows, hn),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => run_avx2(s, rows, hn),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => run_avx512(s, rows, hn),
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("available() admits only Scalar off x86_64"),
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The fused layer (every ISA this CPU has) against `reference.rs`, and the reference
+//! against central finite differences.
+
+mod common;
+
+use common::{assert_close, grads_close, Case};
+use ulmfit_lstm::{layer, reference, Isa};
+
+fn isas() -> Vec<Isa> {
+    let all = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+    let have: Vec<Isa> = all.into_iter().filter(|i| i.available()).collect();
+    if have.len() < all.len() {
+        println!("skipping {:?}: not supported by this CPU", &all[have.len()..]);
+    }
+    have
+}
+
+/// (T, B, I, H): B=1, T=1, H=1, H not a multiple of 8 or 16, B=19 (two row blocks, every tile
+/// size) and H=130 (several K slices in both recurrent kernels, an odd number of unit blocks).
+const SHAPES: [(usize, usize, usize, usize); 8] = [
+    (1, 1, 3, 5),
+    (5, 1, 7, 17),
+    (1, 4, 8, 16),
+    (6, 3, 10, 33),
+    (9, 5, 24, 40),
+    (4, 2, 3, 1),
+    (3, 19, 12, 21),
+    (2, 9, 5, 130),
+];
+
+#[test]
+fn fused_forward_and_backward_match_reference() {
+    for (n, &(t, b, i, h)) in SHAPES.iter().enumerate() {
+        let cs = Case::new(t, b, i, h, n as u64);
+        let p = cs.params();
+        let want = reference::forward(cs.d, &p, &cs.x, &cs.h0, &cs.c0);
+        let want_g = reference::backward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, &cs.dy, Some(&cs.dh_n), Some(&cs.dc_n));
+        for isa in isas() {
+            let what = format!("{:?} {isa:?}", cs.d);
+            let (out, saved) = layer::forward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, isa);
+            assert_close(&format!("{what} y"), &out.y, &want.y, 1e-6, 1e-5);
+            assert_close(&format!("{what} h_n"), &out.h_n, &want.h_n, 1e-6, 1e-5);
+            assert_close(&format!("{what} c_n"), &out.c_n, &want.c_n, 1e-6, 1e-5);
+            let g = layer::backward(
+                cs.d,
+                &p,
+                &cs.x,
+                &cs.h0,
+                &cs.c0,
+                &out.y,
+                saved,
+                &cs.dy,
+                Some(&cs.dh_n),
+                Some(&cs.dc_n),
+                isa,
+            );
+            grads_close(&what, &g, &want_g, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn simd_paths_match_scalar_path() {
+    let cs = Case::new(7, 6, 20, 45, 99);
+    let p = cs.params();
+    let (base, saved) = layer::forward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, Isa::Scalar);
+    let base_g = layer::backward(
+        cs.d,
+        &p,
+        &cs.x,
+        &cs.h0,
+        &cs.c0,
+        &base.y,
+        saved,
+        &cs.dy,
+        None,
+        None,
+        Isa::Scalar,
+    );
+    for isa in isas().into_iter().skip(1) {
+        let (out, saved) = layer::forward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, isa);
+        assert_close(&format!("{isa:?} y"), &out.y, &base.y, 1e-6, 2e-6);
+        assert_close(&format!("{isa:?} c_n"), &out.c_n, &base.c_n, 1e-6, 2e-6);
+        let g = layer::backward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, &out.y, saved, &cs.dy, None, None, isa);
+        grads_close(&format!("{isa:?}"), &g, &base_g, 2e-6);
+    }
+}
+
+#[test]
+fn reference_backward_matches_finite_differences() {
+    // L = sum(y * dy) + sum(h_n * dh_n) + sum(c_n * dc_n), so dL/dy = dy etc.
+    let cs = Case::new(3, 2, 3, 4, 5);
+    let g = reference::backward(
+        cs.d,
+        &cs.params(),
+        &cs.x,
+        &cs.h0,
+        &cs.c0,
+        &cs.dy,
+        Some(&cs.dh_n),
+        Some(&cs.dc_n),
+    );
+    let loss = |c: &Case| -> f64 {
+        let o = reference::forward(c.d, &c.params(), &c.x, &c.h0, &c.c0);
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>();
+        dot(&o.y, &c.dy) + dot(&o.h_n, &c.dh_n) + dot(&o.c_n, &c.dc_n)
+    };
+    type Field = fn(&mut Case) -> &mut Vec<f32>;
+    let fields: [(&str, Field, &Vec<f32>); 7] = [
+        ("x", |c| &mut c.x, &g.dx),
+        ("h0", |c| &mut c.h0, &g.dh0),
+        ("c0", |c| &mut c.c0, &g.dc0),
+        ("w_ih", |c| &mut c.w_ih, &g.dw_ih),
+        ("w_hh", |c| &mut c.w_hh, &g.dw_hh),
+        ("b_ih", |c| &mut c.b_ih, &g.db_ih),
+        ("b_hh", |c| &mut c.b_hh, &g.db_hh),
+    ];
+    let eps = 1e-2f32;
+    for (name, field, analytic) in fields {
+        let mut c = Case::new(3, 2, 3, 4, 5);
+        for (k, &a) in analytic.iter().enumerate() {
+            let orig = field(&mut c)[k];
+            field(&mut c)[k] = orig + eps;
+            let up = loss(&c);
+            field(&mut c)[k] = orig - eps;
+            let down = loss(&c);
+            field(&mut c)[k] = orig;
+            let numeric = (up - down) / (2.0 * eps as f64);
+            let a = a as f64;
+            assert!(
+                (numeric - a).abs() <= 2e-3 + 2e-3 * a.abs(),
+                "d{name}[{k}]: analytic {a}, finite difference {numeric}"
+            );
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The fused layer as one autograd op against the same LSTM composed from `ulmfit_tensor`
+//! autograd ops (matmul, narrow, sigmoid, tanh, mul, add, concat): y and every gradient.
+
+mod common;
+
+use common::{assert_close, Case};
+use ulmfit_lstm::{op, DropMask};
+use ulmfit_tensor::{Result, Tensor};
+
+/// The inputs of one layer as trainable leaves: x, w_ih, w_hh, b_ih, b_hh, h0, c0.
+fn leaves(cs: &Case) -> Vec<Tensor> {
+    let (t, b, i, h) = (cs.d.t, cs.d.b, cs.d.i, cs.d.h);
+    let data = [
+        (&cs.x, vec![t, b, i]),
+        (&cs.w_ih, vec![4 * h, i]),
+        (&cs.w_hh, vec![4 * h, h]),
+        (&cs.b_ih, vec![4 * h]),
+        (&cs.b_hh, vec![4 * h]),
+        (&cs.h0, vec![b, h]),
+        (&cs.c0, vec![b, h]),
+    ];
+    data.into_iter()
+        .map(|(v, s)| Tensor::param(v.clone(), &s).expect("shape fits"))
+        .collect()
+}
+
+/// The LSTM step by step from autograd ops (gate order i, f, g, o), W_hh multiplied by `mask`.
+fn composed(p: &[Tensor], mask: Option<&Tensor>) -> Result<Tensor> {
+    let [x, w_ih, w_hh, b_ih, b_hh, h0, c0] = p else {
+        unreachable!("seven leaves")
+    };
+    let (tn, bn, inp, hn) = (x.dim(0), x.dim(1), x.dim(2), h0.dim(1));
+    let w_hh = match mask {
+        Some(m) => w_hh.mul(m)?,
+        None => w_hh.clone(),
+    };
+    let (mut h, mut c) = (h0.clone(), c0.clone());
+    let mut ys = Vec::new();
+    for t in 0..tn {
+        let xt = x.narrow(0, t, 1)?.reshape(&[bn, inp])?;
+        let z = xt
+            .matmul_t(w_ih, false, true)?
+            .add(&h.matmul_t(&w_hh, false, true)?)?
+            .add(b_ih)?
+            .add(b_hh)?;
+        let gate = |k: usize| z.narrow(1, k * hn, hn);
+        let (i, f, g, o) = (
+            gate(0)?.sigmoid(),
+            gate(1)?.sigmoid(),
+            gate(2)?.tanh(),
+            gate(3)?.sigmoid(),
+        );
+        c = f.mul(&c)?.add(&i.mul(&g)?)?;
+        h = o.mul(&c.tanh())?;
+        ys.push(h.reshape(&[1, bn, hn])?);
+    }
+    Tensor::concat(&ys.iter().collect::<Vec<_>>(), 0)
+}
+
+/// Runs both versions with loss sum(y * dy) and compares y and the seven gradients.
+fn check(cs: &Case, drop: Option<DropMask>) -> Result<()> {
+    let what = format!("{:?} drop {drop:?}", cs.d);
+    let dy = Tensor::from_vec(cs.dy.clone(), &[cs.d.t, cs.d.b, cs.d.h])?;
+    let mask = drop.map(|m| {
+        let mut scale = Vec::new();
+        m.apply(&vec![1.0; cs.w_hh.len()], &mut scale);
+        Tensor::from_vec(scale, &[4 * cs.d.h, cs.d.h]).expect("w_hh shape")
+    });
+    let want_p = leaves(cs);
+    let want_y = composed(&want_p, mask.as_ref())?;
+    want_y.mul(&dy)?.sum_all()?.backward()?;
+    let got_p = leaves(cs);
+    let [x, w_ih, w_hh, b_ih, b_hh, h0, c0] = &got_p[..] else {
+        unreachable!("seven leaves")
+    };
+    let got = op::lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, drop)?;
+    got.y.mul(&dy)?.sum_all()?.backward()?;
+    assert_close(&format!("{what} y"), &got.y.to_vec(), &want_y.to_vec(), 1e-6, 1e-5);
+    let names = ["dx", "dw_ih", "dw_hh", "db_ih", "db_hh", "dh0", "dc0"];
+    for ((name, g), w) in names.iter().zip(&got_p).zip(&want_p) {
+        let (g, w) = (
+            g.grad().expect("fused grad").to_vec(),
+            w.grad().expect("composed grad").to_vec(),
+        );
+        let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert_close(&format!("{what} {name}"), &g, &w, 1e-5 * scale, 1e-5);
+    }
+    Ok(())
+}
+
+#[test]
+fn fused_op_matches_composed_autograd_ops() -> Result<()> {
+    for (n, &(t, b, i, h)) in [(1, 1, 3, 5), (4, 3, 6, 17), (3, 19, 8, 20)].iter().enumerate() {
+        check(&Case::new(t, b, i, h, 50 + n as u64), None)?;
+    }
+    check(&Case::new(5, 4, 7, 18, 60), Some(DropMask { p: 0.4, seed: 11 }))
+}
+
+#[test]
+fn backward_twice_is_an_error_not_a_panic() -> Result<()> {
+    let cs = Case::new(2, 2, 3, 4, 70);
+    let p = leaves(&cs);
+    let out = op::lstm(&p[0], &p[1], &p[2], &p[3], &p[4], &p[5], &p[6], None)?;
+    let loss = out.y.sum_all()?;
+    loss.backward()?;
+    let err = loss.backward().expect_err("the second backward must fail");
+    assert!(err.to_string().contains("twice"), "unexpected error: {err}");
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! The AWD-LSTM encoder and its tied language-model decoder, as fastai v2 builds them
+//! (`fastai/text/models/awdlstm.py`, `core.py`): embedding -> embedding dropout (whole
+//! words) -> input dropout -> LSTM layers with DropConnect on W_hh and variational hidden
+//! dropout between them; the decoder applies output dropout and shares the embedding
+//! matrix. Hidden state is carried across batches, detached, and reset per epoch.
+//!
+//! Sequences are time-major: token ids `[T, B]` row-major (`ids[t * B + b]`).
+
+use ulmfit_lstm::autograd::lstm;
+use ulmfit_tensor::{Result, Rng, Tensor};
+
+/// Sizes and dropouts of an AWD-LSTM (fastai's `awd_lstm_lm_config` by default).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AwdLstmConfig {
+    /// Vocabulary size V.
+    pub vocab: usize,
+    /// Embedding size E (also the last layer's hidden size, for the tied decoder).
+    pub emb_sz: usize,
+    /// Hidden size of every layer but the last.
+    pub n_hid: usize,
+    /// Number of LSTM layers.
+    pub n_layers: usize,
+    /// Dropout on the embedding output (variational, per sequence).
+    pub input_p: f32,
+    /// Dropout between LSTM layers (variational).
+    pub hidden_p: f32,
+    /// DropConnect on each W_hh.
+    pub weight_p: f32,
+    /// Dropout of whole words from the embedding matrix.
+    pub embed_p: f32,
+    /// Dropout on the last layer's output, before the decoder.
+    pub output_p: f32,
+}
+
+impl AwdLstmConfig {
+    /// fastai's language-model defaults for a vocabulary of `vocab` words.
+    pub fn lm(vocab: usize) -> Self {
+        AwdLstmConfig { vocab, emb_sz: 400, n_hid: 1152, n_layers: 3, input_p: 0.25, hidden_p: 0.15, weight_p: 0.2, embed_p: 0.02, output_p: 0.1 }
+    }
+
+    /// fastai's classifier dropouts (`awd_lstm_clas_config`) with the same sizes.
+    pub fn classifier_dropouts(&self) -> Self {
+        AwdLstmConfig { input_p: 0.4, hidden_p: 0.3, weight_p: 0.5, embed_p: 0.05, output_p: 0.4, ..self.clone() }
+    }
+
+    /// Every dropout multiplied by `m` (fastai's `drop_mult`).
+    pub fn scaled_dropouts(&self, m: f32) -> Self {
+        AwdLstmConfig {
+            input_p: self.input_p * m,
+            hidden_p: self.hidden_p * m,
+            weight_p: self.weight_p * m,
+            embed_p: self.embed_p * m,
+            output_p: self.output_p * m,
+            ..self.clone()
+        }
+    }
+
+    /// (input size, hidden size) of each layer: E -> n_hid -> ... -> E.
+    pub fn layer_sizes(&self) -> Vec<(usize, usize)> {
+        (0..self.n_layers)
+            .map(|l| {
+                let i = if l == 0 { self.emb_sz } else { self.n_hid };
+                let h = if l + 1 == self.n_layers { self.emb_sz } else { self.n_hid };
+                (i, h)
+            })
+            .collect()
+    }
+}
+
+/// Parameters of one LSTM layer, PyTorch layout (gate order i, f, g, o).
+pub struct LstmWeights {
+    /// [4H, I]
+    pub w_ih: Tensor,
+    /// [4H, H], before DropConnect (fastai's `weight_hh_l0_raw`).
+    pub w_hh: Tensor,
+    /// [4H]
+    pub b_ih: Tensor,
+    /// [4H]
+    pub b_hh: Tensor,
+}
+
+/// What one encoder pass returns.
+pub struct EncoderOutput {
+    /// Last layer's output before output dropout, [T, B, E] (TAR reads this).
+    pub raw: Tensor,
+}
+
+/// The AWD-LSTM encoder: embedding plus LSTM stack, with carried state.
+pub struct AwdLstm {
+    /// Sizes and dropouts in force.
+    pub cfg: AwdLstmConfig,
+    /// [V, E]; the LM decoder shares it.
+    pub embedding: Tensor,
+    /// One entry per layer, bottom first.
+    pub layers: Vec<LstmWeights>,
+    /// (h, c) per layer, [B, H] each, detached; empty after `reset`.
+    state: Vec<(Tensor, Tensor)>,
+}
+
+fn param(t: Tensor) -> Tensor {
+    Tensor::param(t.to_vec(), t.shape()).expect("same shape")
+}
+
+impl AwdLstm {
+    /// A freshly initialised encoder: embedding uniform(-0.1, 0.1) as fastai, LSTM weights
+    /// uniform(-1/sqrt(H), 1/sqrt(H)) as PyTorch.
+    pub fn new(cfg: AwdLstmConfig, rng: &mut Rng) -> Self {
+        let embedding = param(rng.uniform_tensor(&[cfg.vocab, cfg.emb_sz], -0.1, 0.1));
+        let layers = cfg
+            .layer_sizes()
+            .into_iter()
+            .map(|(i, h)| {
+                let k = 1.0 / (h as f32).sqrt();
+                LstmWeights {
+                    w_ih: param(rng.uniform_tensor(&[4 * h, i], -k, k)),
+                    w_hh: param(rng.uniform_tensor(&[4 * h, h], -k, k)),
+                    b_ih: param(rng.uniform_tensor(&[4 * h], -k, k)),
+                    b_hh: param(rng.uniform_tensor(&[4 * h], -k, k)),
+                }
+            })
+            .collect();
+        AwdLstm { cfg, embedding, layers, state: Vec::new() }
+    }
+
+    /// Forgets the carried hidden state (start of an epoch, or of a new document batch).
+    pub fn reset(&mut self) {
+        self.state.clear();
+    }
+
+    /// Keeps the carried state of the first `rows` rows only (BPT3C: the batch shrinks as
+    /// short documents end).
+    pub fn keep_rows(&mut self, rows: usize) -> Result<()> {
+        for (h, c) in &mut self.state {
+            if h.dim(0) > rows {
+                *h = h.narrow(0, 0, rows)?;
+                *c = c.narrow(0, 0, rows)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `ids` [T, B] through the encoder from the carried state (zeros after `reset`
+    /// or when the batch size changed); dropouts only when `train`. The final state is
+    /// kept, detached, for the next call.
+    pub fn forward(&mut self, ids: &[u32], t: usize, b: usize, train: bool, rng: &mut Rng) -> Result<EncoderOutput> {
+        let cfg = &self.cfg;
+        if self.state.first().is_some_and(|(h, _)| h.dim(0) != b) {
+            self.state.clear();
+        }
+        let mut x = self.embedding.embedding(ids)?; // [T*B, E]
+        if train && cfg.embed_p > 0.0 {
+            // Embedding dropout: one keep/drop draw per vocabulary word, gathered per token
+            // (same as masking whole rows of the table, without touching all V rows).
+            let word_mask = rng.dropout_mask(&[cfg.vocab], cfg.embed_p).to_vec();
+            let per_token: Vec<f32> = ids.iter().map(|&i| word_mask[i as usize]).collect();
+            x = x.mul(&Tensor::from_vec(per_token, &[ids.len(), 1])?)?;
+        }
+        let mut x = x.reshape(&[t, b, cfg.emb_sz])?;
+        if train && cfg.input_p > 0.0 {
+            x = x.mul(&rng.dropout_mask(&[1, b, cfg.emb_sz], cfg.input_p))?;
+        }
+        let n = self.layers.len();
+        let mut new_state = Vec::with_capacity(n);
+        for (l, w) in self.layers.iter().enumerate() {
+            let h = w.w_hh.dim(1);
+            let (h0, c0) = match self.state.get(l) {
+                Some((h0, c0)) => (h0.clone(), c0.clone()),
+                None => (Tensor::zeros(&[b, h]), Tensor::zeros(&[b, h])),
+            };
+            let w_hh = if train && cfg.weight_p > 0.0 { w.w_hh.mul(&rng.dropout_mask(w.w_hh.shape(), cfg.weight_p))? } else { w.w_hh.clone() };
+            let (y, h_n, c_n) = lstm(&x, &h0, &c0, &w.w_ih, &w_hh, &w.b_ih, &w.b_hh)?;
+            new_state.push((h_n.detach(), c_n.detach()));
+            x = if train && l + 1 < n && cfg.hidden_p > 0.0 { y.mul(&rng.dropout_mask(&[1, b, h], cfg.hidden_p))? } else { y };
+        }
+        self.state = new_state;
+        Ok(EncoderOutput { raw: x })
+    }
+
+    /// Every parameter with fastai's name for it (`0.encoder.weight`,
+    /// `0.rnns.{l}.module.weight_ih_l0`, `...weight_hh_l0_raw`, biases).
+    pub fn named_params(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("0.encoder.weight".to_string(), self.embedding.clone())];
+        for (l, w) in self.layers.iter().enumerate() {
+            let p = format!("0.rnns.{l}");
+            out.push((format!("{p}.weight_hh_l0_raw"), w.w_hh.clone()));
+            out.push((format!("{p}.module.weight_ih_l0"), w.w_ih.clone()));
+            out.push((format!("{p}.module.bias_ih_l0"), w.b_ih.clone()));
+            out.push((format!("{p}.module.bias_hh_l0"), w.b_hh.clone()));
+        }
+        out
+    }
+
+    /// The parameters of layer `l`, in one list.
+    pub fn layer_params(&self, l: usize) -> Vec<Tensor> {
+        let w = &self.layers[l];
+        vec![w.w_ih.clone(), w.w_hh.clone(), w.b_ih.clone(), w.b_hh.clone()]
+    }
+}
+
+/// The AWD-LSTM language model: encoder plus tied linear decoder with bias.
+pub struct LanguageModel {
+    /// The encoder; its embedding doubles as the decoder weight.
+    pub encoder: AwdLstm,
+    /// Decoder bias, [V].
+    pub decoder_bias: Tensor,
+}
+
+/// The pieces of one LM forward that the loss needs.
+pub struct LmOutput {
+    /// [T*B, V]
+    pub logits: Tensor,
+    /// Last layer's output before output dropout, [T, B, E].
+    pub raw: Tensor,
+    /// After output dropout, [T, B, E].
+    pub dropped: Tensor,
+}
+
+impl LanguageModel {
+    /// A fresh model; decoder bias 0.
+    pub fn new(cfg: AwdLstmConfig, rng: &mut Rng) -> Self {
+        let vocab = cfg.vocab;
+        LanguageModel { encoder: AwdLstm::new(cfg, rng), decoder_bias: Tensor::param(vec![0.0; vocab], &[vocab]).expect("shape") }
+    }
+
+    /// Logits for the next token at every position of `ids` [T, B].
+    pub fn forward(&mut self, ids: &[u32], t: usize, b: usize, train: bool, rng: &mut Rng) -> Result<LmOutput> {
+        let raw = self.encoder.forward(ids, t, b, train, rng)?.raw;
+        let e = self.encoder.cfg.emb_sz;
+        let p = self.encoder.cfg.output_p;
+        let dropped = if train && p > 0.0 { raw.mul(&rng.dropout_mask(&[1, b, e], p))? } else { raw.clone() };
+        let logits = dropped.reshape(&[t * b, e])?.linear(&self.encoder.embedding, Some(&self.decoder_bias))?;
+        Ok(LmOutput { logits, raw, dropped })
+    }
+
+    /// Named parameters: the encoder's plus `1.decoder.bias` (the decoder weight is tied).
+    pub fn named_params(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.encoder.named_params();
+        out.push(("1.decoder.bias".to_string(), self.decoder_bias.clone()));
+        out
+    }
+
+    /// fastai's LM parameter groups: one per LSTM layer, then embedding + decoder.
+    pub fn param_groups(&self) -> Vec<Vec<Tensor>> {
+        let mut groups: Vec<Vec<Tensor>> = (0..self.encoder.layers.len()).map(|l| self.encoder.layer_params(l)).collect();
+        groups.push(vec![self.encoder.embedding.clone(), self.decoder_bias.clone()]);
+        groups
+    }
+}
+
+/// The LM loss: cross-entropy plus AR (`alpha * mean(dropped^2)`) and TAR
+/// (`beta * mean((raw_t - raw_{t-1})^2)`), fastai's `RNNRegularizer`. Returns
+/// (total loss to back-propagate, cross-entropy alone for reporting).
+pub fn lm_loss(out: &LmOutput, targets: &[u32], alpha: f32, beta: f32) -> Result<(Tensor, f32)> {
+    let ce = out.logits.cross_entropy(targets, None)?;
+    let ce_value = ce.item()?;
+    let mut loss = ce;
+    if alpha > 0.0 {
+        loss = loss.add(&out.dropped.powf(2.0).mean_all()?.scale(alpha))?;
+    }
+    let t = out.raw.dim(0);
+    if beta > 0.0 && t > 1 {
+        let diff = out.raw.narrow(0, 1, t - 1)?.sub(&out.raw.narrow(0, 0, t - 1)?)?;
+        loss = loss.add(&diff.powf(2.0).mean_all()?.scale(beta))?;
+    }
+    Ok((loss, ce_value))
+}

@@ -1,0 +1,260 @@
+//! The ULMFiT classifier: the AWD-LSTM encoder read in BPT3C chunks, concat pooling
+//! `[last, max, mean]` over the real (non-padding) positions, and fastai's head
+//! `BatchNorm -> Dropout -> Linear(1200, 50) -> ReLU -> BatchNorm -> Dropout -> Linear(50, C)`
+//! (linear layers without bias, since batch norm precedes them; fastai's `LinBnDrop`).
+//!
+//! Batches hold documents sorted by decreasing length and padded at the back. Every
+//! document starts at step 0 from a zero state, so chunk boundaries fall at multiples of
+//! `bptt` from each document's start, as with fastai's front padding in whole chunks. At
+//! chunk `i` only the rows still inside their document are run (a prefix, since rows are
+//! sorted). State is detached between chunks; outputs of the chunks within the last
+//! `max_len` steps are kept for pooling, so gradients reach those chunks only (BPT3C).
+
+use crate::awd_lstm::AwdLstm;
+use ulmfit_tensor::autograd::Op;
+use ulmfit_tensor::{BatchNormStats, Result, Rng, Tensor};
+
+/// A batch of documents for the classifier: rows sorted by decreasing length.
+pub struct DocBatch {
+    /// Token ids per document, longest first.
+    pub docs: Vec<Vec<u32>>,
+}
+
+/// One kept chunk of encoder output: rows `0..rows` over steps `start..start + len`.
+struct Chunk {
+    out: Tensor, // [len, rows, E]
+    start: usize,
+}
+
+/// Concat pooling over the kept chunks: for each document b with length `lens[b]`,
+/// `[h at its last token, max over its kept steps, mean over its kept steps]`, [B, 3E].
+struct ConcatPool {
+    lens: Vec<usize>,
+    starts: Vec<usize>,
+    /// For each output max element (b, e): (chunk index, step within chunk) of the winner.
+    argmax: Vec<(usize, usize)>,
+    /// Number of kept real steps per document (the mean's divisor).
+    counts: Vec<usize>,
+}
+
+fn concat_pool(chunks: &[Chunk], lens: &[usize], e: usize) -> Result<Tensor> {
+    let bn = lens.len();
+    let mut out = vec![0.0; bn * 3 * e];
+    let mut argmax = vec![(0, 0); bn * e];
+    let mut counts = vec![0; bn];
+    for b in 0..bn {
+        let (last, rest) = out[b * 3 * e..(b + 1) * 3 * e].split_at_mut(e);
+        let (max, mean) = rest.split_at_mut(e);
+        max.fill(f32::NEG_INFINITY);
+        for (ci, ch) in chunks.iter().enumerate() {
+            let (len, rows) = (ch.out.dim(0), ch.out.dim(1));
+            let data = ch.out.data();
+            for s in 0..len {
+                let pos = ch.start + s;
+                if b >= rows || pos >= lens[b] {
+                    continue;
+                }
+                let h = &data[(s * rows + b) * e..][..e];
+                for k in 0..e {
+                    mean[k] += h[k];
+                    if h[k] > max[k] {
+                        max[k] = h[k];
+                        argmax[b * e + k] = (ci, s);
+                    }
+                }
+                counts[b] += 1;
+                if pos + 1 == lens[b] {
+                    last.copy_from_slice(h);
+                }
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= counts[b].max(1) as f32);
+    }
+    let inputs: Vec<&Tensor> = chunks.iter().map(|c| &c.out).collect();
+    let op = ConcatPool { lens: lens.to_vec(), starts: chunks.iter().map(|c| c.start).collect(), argmax, counts };
+    Ok(Tensor::from_op(out, &[bn, 3 * e], &inputs, op))
+}
+
+impl Op for ConcatPool {
+    fn name(&self) -> &'static str {
+        "concat_pool"
+    }
+
+    fn backward(&self, inputs: &[Tensor], _out: &Tensor, dout: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let g = dout.data();
+        let e = g.len() / (3 * self.lens.len());
+        let mut grads: Vec<Vec<f32>> = inputs.iter().map(|t| vec![0.0; t.numel()]).collect();
+        for (b, &len_b) in self.lens.iter().enumerate() {
+            let gb = &g[b * 3 * e..(b + 1) * 3 * e];
+            for (ci, input) in inputs.iter().enumerate() {
+                let (len, rows) = (input.dim(0), input.dim(1));
+                for s in 0..len {
+                    let pos = self.starts[ci] + s;
+                    if b >= rows || pos >= len_b {
+                        continue;
+                    }
+                    let dh = &mut grads[ci][(s * rows + b) * e..][..e];
+                    for k in 0..e {
+                        dh[k] += gb[2 * e + k] / self.counts[b] as f32;
+                        if self.argmax[b * e + k] == (ci, s) {
+                            dh[k] += gb[e + k];
+                        }
+                        if pos + 1 == len_b {
+                            dh[k] += gb[k];
+                        }
+                    }
+                }
+            }
+        }
+        grads.into_iter().zip(inputs).map(|(d, t)| Tensor::from_vec(d, t.shape()).map(Some)).collect()
+    }
+}
+
+/// One `LinBnDrop` block of the head: batch norm, dropout, linear without bias.
+pub struct HeadBlock {
+    /// Batch-norm scale, [in].
+    pub gamma: Tensor,
+    /// Batch-norm shift, [in].
+    pub beta: Tensor,
+    /// Running statistics.
+    pub stats: BatchNormStats,
+    /// Dropout probability (not scaled by drop_mult for the second block, as fastai).
+    pub p: f32,
+    /// [out, in]
+    pub weight: Tensor,
+}
+
+impl HeadBlock {
+    fn new(n_in: usize, n_out: usize, p: f32, rng: &mut Rng) -> Self {
+        let k = 1.0 / (n_in as f32).sqrt();
+        let w = rng.uniform_tensor(&[n_out, n_in], -k, k);
+        HeadBlock {
+            gamma: Tensor::param(vec![1.0; n_in], &[n_in]).expect("shape"),
+            beta: Tensor::param(vec![0.0; n_in], &[n_in]).expect("shape"),
+            stats: BatchNormStats::new(n_in),
+            p,
+            weight: Tensor::param(w.to_vec(), w.shape()).expect("shape"),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, train: bool, rng: &mut Rng) -> Result<Tensor> {
+        let mut x = x.batch_norm_1d(&self.gamma, &self.beta, &self.stats, train)?;
+        if train && self.p > 0.0 {
+            x = x.mul(&rng.dropout_mask(x.shape(), self.p))?;
+        }
+        x.linear(&self.weight, None)
+    }
+
+    fn params(&self) -> Vec<Tensor> {
+        vec![self.gamma.clone(), self.beta.clone(), self.weight.clone()]
+    }
+}
+
+/// The classifier: encoder, pooling and a two-block head.
+pub struct Classifier {
+    /// The AWD-LSTM encoder (with the classifier's dropouts).
+    pub encoder: AwdLstm,
+    /// `[3E -> 50]` then `[50 -> classes]`.
+    pub head: [HeadBlock; 2],
+    /// Chunk length (fastai: 72).
+    pub bptt: usize,
+    /// Steps kept for pooling, counted back from the longest document's end (fastai: 1440).
+    pub max_len: usize,
+}
+
+impl Classifier {
+    /// A classifier over `encoder` for `classes` classes; `output_p` is the first head
+    /// dropout (fastai: the encoder config's output_p), the second is 0.1.
+    pub fn new(encoder: AwdLstm, classes: usize, rng: &mut Rng) -> Self {
+        let e = encoder.cfg.emb_sz;
+        let p = encoder.cfg.output_p;
+        Classifier { head: [HeadBlock::new(3 * e, 50, p, rng), HeadBlock::new(50, classes, 0.1, rng)], encoder, bptt: 72, max_len: 1440 }
+    }
+
+    /// Class logits `[B, classes]` for a batch of documents sorted by decreasing length.
+    pub fn forward(&mut self, batch: &DocBatch, train: bool, rng: &mut Rng) -> Result<Tensor> {
+        let lens: Vec<usize> = batch.docs.iter().map(Vec::len).collect();
+        if lens.windows(2).any(|w| w[0] < w[1]) || lens.last() == Some(&0) {
+            return Err(ulmfit_tensor::Error::BadArgument { op: "classifier", msg: "documents must be non-empty and sorted longest first".into() });
+        }
+        let longest = lens[0];
+        self.encoder.reset();
+        let mut chunks = Vec::new();
+        for start in (0..longest).step_by(self.bptt) {
+            let len = self.bptt.min(longest - start);
+            let rows = lens.iter().take_while(|&&l| l > start).count();
+            // [len, rows] time-major ids; positions past a document's end read its pad (1).
+            let mut ids = Vec::with_capacity(len * rows);
+            for s in 0..len {
+                ids.extend(batch.docs[..rows].iter().map(|d| d.get(start + s).copied().unwrap_or(1)));
+            }
+            self.encoder.keep_rows(rows)?;
+            let out = self.encoder.forward(&ids, len, rows, train, rng)?.raw;
+            if longest - start <= self.max_len || start + len == longest {
+                chunks.push(Chunk { out, start });
+            }
+        }
+        let pooled = concat_pool(&chunks, &lens, self.encoder.cfg.emb_sz)?;
+        let x = self.head[0].forward(&pooled, train, rng)?.relu();
+        self.head[1].forward(&x, train, rng)
+    }
+
+    /// fastai's classifier parameter groups: embedding, each LSTM layer, head.
+    pub fn param_groups(&self) -> Vec<Vec<Tensor>> {
+        let mut groups = vec![vec![self.encoder.embedding.clone()]];
+        groups.extend((0..self.encoder.layers.len()).map(|l| self.encoder.layer_params(l)));
+        groups.push(self.head.iter().flat_map(HeadBlock::params).collect());
+        groups
+    }
+
+    /// Named parameters and buffers, fastai style (`1.layers.{k}...` for the head).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.encoder.named_params();
+        for (k, blk) in self.head.iter().enumerate() {
+            let p = format!("1.layers.{k}");
+            out.push((format!("{p}.0.weight"), blk.gamma.clone()));
+            out.push((format!("{p}.0.bias"), blk.beta.clone()));
+            out.push((format!("{p}.0.running_mean"), blk.stats.mean.clone()));
+            out.push((format!("{p}.0.running_var"), blk.stats.var.clone()));
+            out.push((format!("{p}.2.weight"), blk.weight.clone()));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pooling over two chunks with padding equals a direct computation per document.
+    #[test]
+    fn concat_pool_matches_direct_computation_with_padding() {
+        let e = 2;
+        let mut rng = Rng::new(3);
+        // Documents of lengths 5, 3, 1; chunks of 3 steps: [0..3) for 3 rows, [3..5) for 1 row.
+        let lens = [5, 3, 1];
+        let c0 = Tensor::param(rng.uniform_tensor(&[3, 3, e], -1.0, 1.0).to_vec(), &[3, 3, e]).unwrap();
+        let c1 = Tensor::param(rng.uniform_tensor(&[2, 1, e], -1.0, 1.0).to_vec(), &[2, 1, e]).unwrap();
+        let chunks = [Chunk { out: c0.clone(), start: 0 }, Chunk { out: c1.clone(), start: 3 }];
+        let pooled = concat_pool(&chunks, &lens, e).unwrap().to_vec();
+        let (d0, d1) = (c0.to_vec(), c1.to_vec());
+        // h(b, pos): the encoder output of document b at step pos.
+        let h = |b: usize, pos: usize, k: usize| if pos < 3 { d0[(pos * 3 + b) * e + k] } else { d1[((pos - 3) + b) * e + k] };
+        for b in 0..3 {
+            for k in 0..e {
+                let steps: Vec<f32> = (0..lens[b]).map(|p| h(b, p, k)).collect();
+                let want = [h(b, lens[b] - 1, k), steps.iter().copied().fold(f32::MIN, f32::max), steps.iter().sum::<f32>() / steps.len() as f32];
+                for (j, w) in want.iter().enumerate() {
+                    let got = pooled[b * 3 * e + j * e + k];
+                    assert!((got - w).abs() < 1e-6, "doc {b} part {j} feature {k}: {got} vs {w}");
+                }
+            }
+        }
+        // The gradient of sum(pooled) puts nothing on padding steps (doc 2 past step 0).
+        concat_pool(&chunks, &lens, e).unwrap().sum_all().unwrap().backward().unwrap();
+        let g0 = c0.grad().unwrap().to_vec();
+        for pos in 1..3 {
+            assert_eq!(&g0[(pos * 3 + 2) * e..][..e], &[0.0, 0.0], "padding step {pos} of doc 2 got a gradient");
+        }
+    }
+}

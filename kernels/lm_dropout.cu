@@ -1,0 +1,81 @@
+// lm_dropout.cu: dropout masks and the embedding of the LM step, forward and backward.
+//
+// Needs lm_hash.cu in front. Launched by crates/cuda/src/lm/kernels.rs (wrappers of the same
+// names); checked against crates/cuda/src/lm/reference.rs by crates/cuda/tests/lm_vs_ref.rs.
+// Dimensions: T steps, B batch, E embedding width, V vocabulary; rows r = t*B + b.
+// The optimizer step number is read from device memory (`step`), so a captured CUDA graph
+// draws fresh masks every replay.
+
+// lm_dropout: out[k] = in[k] * scale(k % period), k < n. The same kernel is a mask's forward
+// and its backward (the gradient takes the same multiplier). Used for DropConnect on W_hh
+// (period = n, once per sequence), hidden dropout between layers and output dropout
+// (period = B*H: one variational mask [B, H] shared by every step).
+//   out, in  [n]   may alias (in place)
+// Geometry: grid-stride, any 1-D grid.
+extern "C" __global__ void lm_dropout(float* out, const float* in, long long n, long long period,
+                                      float p, unsigned int tensor, u64 seed,
+                                      const unsigned int* step) {
+    const u64 key = lm_mask_key(seed, *step, tensor);
+    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < n;
+         k += (long long)gridDim.x * blockDim.x) {
+        out[k] = in[k] * lm_keep_scale(key, (u64)(k % period), p);
+    }
+}
+
+// lm_embed_fwd: x[r, e] = emb[ids[r], e] * word(ids[r]) * input(b, e): the gather with
+// embedding dropout (one keep/drop per vocabulary row, mask `t_word`) and input dropout
+// (variational [B, E] mask `t_input`) fused.
+//   ids [T*B] (< V, checked on the host)   emb [V, E]   x [T, B, E]
+// Geometry: grid-stride over T*B*E.
+extern "C" __global__ void lm_embed_fwd(float* __restrict__ x, const float* __restrict__ emb,
+                                        const unsigned int* __restrict__ ids, int TB, int B, int E,
+                                        float p_word, unsigned int t_word, float p_input,
+                                        unsigned int t_input, u64 seed, const unsigned int* step) {
+    const u64 kw = lm_mask_key(seed, *step, t_word), ki = lm_mask_key(seed, *step, t_input);
+    const long long n = (long long)TB * E;
+    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < n;
+         k += (long long)gridDim.x * blockDim.x) {
+        const int r = (int)(k / E), e = (int)(k % E), b = r % B;
+        const unsigned int id = ids[r];
+        x[k] = emb[(long long)id * E + e] * lm_keep_scale(kw, id, p_word) *
+               lm_keep_scale(ki, (u64)b * E + e, p_input);
+    }
+}
+
+// lm_embed_bwd: demb[v, :] += word(v) * sum over rows q with ids[q] = v, in increasing q, of
+// dx[q, :] * input(b_q, :). Deterministic without atomics: the block of the first row
+// holding a word owns that word's row of demb; other blocks return at once.
+//   dx [T, B, E]   ids [T*B]   demb [V, E] (already holds the decoder's gradient)
+// Geometry: one block per row p (grid T*B), blockDim 128 (a multiple of 32), threads over e.
+extern "C" __global__ void lm_embed_bwd(float* __restrict__ demb, const float* __restrict__ dx,
+                                        const unsigned int* __restrict__ ids, int TB, int B, int E,
+                                        float p_word, unsigned int t_word, float p_input,
+                                        unsigned int t_input, u64 seed, const unsigned int* step) {
+    __shared__ unsigned int chunk[1024];
+    const int p = blockIdx.x;
+    const unsigned int v = ids[p];
+    int earlier = 0;
+    for (int q = threadIdx.x; q < p; q += blockDim.x) earlier |= ids[q] == v;
+    if (__syncthreads_or(earlier)) return;  // a lower row owns word v
+    const u64 kw = lm_mask_key(seed, *step, t_word), ki = lm_mask_key(seed, *step, t_input);
+    const float word = lm_keep_scale(kw, v, p_word);
+    for (int e0 = 0; e0 < E; e0 += blockDim.x) {
+        const int e = e0 + threadIdx.x;
+        float acc = 0.0f;
+        for (int c0 = p; c0 < TB; c0 += 1024) {
+            __syncthreads();
+            for (int q = c0 + threadIdx.x; q < c0 + 1024 && q < TB; q += blockDim.x) chunk[q - c0] = ids[q];
+            __syncthreads();
+            const int cn = min(1024, TB - c0);
+            if (e < E) {
+                for (int j = 0; j < cn; ++j) {
+                    if (chunk[j] == v) {
+                        const int q = c0 + j;
+                        acc += dx[(long long)q * E + e] * lm_keep_scale(ki, (u64)(q % B) * E + e, p_input);
+                    }
+                }
+            }
+        }
+        if (e < E) demb[(long long)v * E + e] += word * acc;
+    }
+}

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# gpu_check.sh: prepares the GPU check HERE (no GPU needed). Builds the release `ulmfit`
+# binary and the release test binaries of ulmfit-cuda, strips them into gpu_bundle/
+# (git-ignored), and checks the bundle stays small. The GPU machine has no cargo: it runs
+# scripts/gpu_run.sh from the repo root with gpu_bundle/ carried.
+#
+# Usage: scripts/gpu_check.sh            (from anywhere; CARGO_TARGET_DIR is honoured)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target/cuda}"
+BUNDLE="$ROOT/gpu_bundle"
+MAX_MIB=40
+
+echo "== building release binaries (target dir $CARGO_TARGET_DIR)"
+cargo build --release --bin ulmfit
+# The test binaries' paths come from cargo's JSON messages (names carry a hash).
+TESTS_JSON="$(mktemp)"
+cargo test --release -p ulmfit-cuda --no-run --message-format=json >"$TESTS_JSON"
+
+rm -rf "$BUNDLE"
+mkdir -p "$BUNDLE/tests"
+cp "$CARGO_TARGET_DIR/release/ulmfit" "$BUNDLE/ulmfit"
+python3 - "$TESTS_JSON" "$BUNDLE/tests" <<'EOF'
+import json, shutil, sys
+src, dst = sys.argv[1], sys.argv[2]
+copied = []
+for line in open(src):
+    try:
+        msg = json.loads(line)
+    except json.JSONDecodeError:
+        continue
+    exe = msg.get("executable")
+    if msg.get("reason") == "compiler-artifact" and exe and msg["target"]["kind"] == ["test"]:
+        name = msg["target"]["name"]
+        shutil.copy(exe, f"{dst}/{name}")
+        copied.append(name)
+need = {"lstm_vs_ref", "no_driver", "plan_on_cpu"}
+missing = need - set(copied)
+if missing:
+    sys.exit(f"gpu_check: test binaries not built: {sorted(missing)}")
+print("test binaries:", " ".join(sorted(copied)))
+EOF
+rm -f "$TESTS_JSON"
+strip "$BUNDLE/ulmfit" "$BUNDLE"/tests/*
+
+{
+    echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -n)"
+    echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo none) (uncommitted changes included)"
+    echo "rustc: $(rustc --version)"
+    echo "glibc needed: $(objdump -T "$BUNDLE/ulmfit" | grep -o 'GLIBC_[0-9.]*' | sort -V | tail -1)"
+} >"$BUNDLE/BUILD_INFO"
+cat "$BUNDLE/BUILD_INFO"
+
+# Sanity here: the stripped binaries run, and without a driver the CUDA path is a clean error.
+"$BUNDLE/tests/plan_on_cpu" -q
+"$BUNDLE/tests/no_driver" -q
+if "$BUNDLE/ulmfit" bench lstm --device cuda --sizes 16,8 --batch 2 --seq 3 2>"$BUNDLE/.probe"; then
+    echo "note: a CUDA driver is present on this machine"
+else
+    grep -q "use --device cpu" "$BUNDLE/.probe" || { cat "$BUNDLE/.probe"; exit 1; }
+    echo "no-driver path: $(cat "$BUNDLE/.probe")"
+fi
+rm -f "$BUNDLE/.probe"
+
+ls -la "$BUNDLE" "$BUNDLE/tests"
+SIZE_KIB=$(du -sk "$BUNDLE" | cut -f1)
+echo "bundle: $((SIZE_KIB / 1024)) MiB (limit $MAX_MIB MiB)"
+if [ "$SIZE_KIB" -gt $((MAX_MIB * 1024)) ]; then
+    echo "gpu_check: bundle too large" >&2
+    exit 1
+fi
+echo "gpu_check: ready. On the GPU machine, from the repo root: bash scripts/gpu_run.sh"

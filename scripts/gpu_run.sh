@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# gpu_run.sh: the GPU check, run ON the GPU machine from the repo root with gpu_bundle/
+# (built by scripts/gpu_check.sh) carried. No cargo or network needed there.
+#   1. the CUDA test binaries with ULMFIT_REQUIRE_GPU=1 (a skip is a failure),
+#   2. `ulmfit bench lstm --device cuda` on the issue's cases (FP32, and TF32 where listed),
+#   3. PyTorch + cuDNN on the same cases and the ours/PyTorch ratios,
+#   4. if time is left, compute-sanitizer memcheck over the FP32 and graph tests.
+# Logs and results go to $OUT (default ./gpu_out); results.md there is the summary, printed
+# last. Each step has a timeout and the whole run stays under DEADLINE_S seconds.
+set -u
+
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/gpu_out}"
+mkdir -p "$OUT"
+B=gpu_bundle
+DEADLINE_S=330
+START=$(date +%s)
+RESULTS="$OUT/results.md"
+export ULMFIT_REQUIRE_GPU=1 RUST_BACKTRACE=1
+
+left() { echo $((DEADLINE_S - ($(date +%s) - START))); }
+
+# step NAME TIMEOUT_S LOG CMD...: runs CMD with min(TIMEOUT_S, time left) into LOG.
+step() {
+    local name=$1 want=$2 log=$3
+    shift 3
+    local t
+    t=$(left)
+    [ "$want" -lt "$t" ] && t=$want
+    if [ "$t" -lt 5 ]; then
+        echo "| $name | SKIPPED (out of time) |" >>"$RESULTS"
+        return 0
+    fi
+    local s=$(date +%s)
+    timeout -k 5 "$t" "$@" >"$log" 2>&1
+    local rc=$?
+    local verdict=ok
+    [ $rc -ne 0 ] && verdict="FAILED rc=$rc"
+    [ $rc -eq 124 ] && verdict="TIMED OUT after ${t}s"
+    echo "| $name | $verdict | $(($(date +%s) - s)) s | $(basename "$log") |" >>"$RESULTS"
+    echo "[$(date -u +%T)] $name: $verdict"
+    return 0
+}
+
+chmod +x "$B/ulmfit" "$B"/tests/* 2>/dev/null
+if [ ! -x "$B/ulmfit" ]; then
+    echo "gpu_run: $B/ulmfit missing: run scripts/gpu_check.sh here first and carry gpu_bundle" | tee "$RESULTS"
+    exit 1
+fi
+
+{
+    echo "# GPU check $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo '```'
+    cat "$B/BUILD_INFO" 2>/dev/null
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1 | head -3
+    echo '```'
+    echo "| step | result | time | log |"
+    echo "|---|---|---|---|"
+} >"$RESULTS"
+nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || echo "nvidia-smi not available"
+
+# 1. tests (one thread: the GPU tests serialize anyway; output shows in order)
+for t in no_driver plan_on_cpu lstm_vs_ref; do
+    step "test $t" 120 "$OUT/test_$t.log" "$B/tests/$t" --test-threads=1 --nocapture
+done
+
+# 2. our benches, JSON lines into ours.jsonl (text lines go to bench_*.log)
+: >"$OUT/ours.jsonl"
+bench() { # NAME SIZES BATCH SEQ [--tf32]
+    local name=$1 sizes=$2 batch=$3 seq=$4
+    shift 4
+    step "bench $name" 60 "$OUT/bench_$name.log" \
+        "$B/ulmfit" bench lstm --device cuda --sizes "$sizes" --batch "$batch" --seq "$seq" --json "$@"
+    grep '^{' "$OUT/bench_$name.log" >>"$OUT/ours.jsonl"
+}
+bench 400-1152_fp32 400,1152 64 70
+bench 400-1152_tf32 400,1152 64 70 --tf32
+bench 1024_fp32 1024,1024 256 100
+bench 1024_tf32 1024,1024 256 100 --tf32
+bench 512_b1_fp32 512,512 1 200
+bench 256_b32_fp32 256,256 32 35
+
+# 3. PyTorch + cuDNN, same cases, and the ratios
+step "pytorch cudnn" 150 "$OUT/torch.log" \
+    python3 scripts/bench_lstm_cudnn.py --ours "$OUT/ours.jsonl" --json "$OUT/torch.jsonl"
+
+# 4. memory checker over the kernels (skips the OOM test: a refused allocation is reported)
+if command -v compute-sanitizer >/dev/null; then
+    step "compute-sanitizer memcheck" 90 "$OUT/sanitizer.log" \
+        compute-sanitizer --tool memcheck --error-exitcode 3 "$B/tests/lstm_vs_ref" \
+        --test-threads=1 --skip out_of_memory --skip tf32
+else
+    echo "| compute-sanitizer | not installed |" >>"$RESULTS"
+fi
+
+{
+    echo
+    echo "## tests"
+    echo '```'
+    grep -h -E "^test |test result|skip:|running on" "$OUT"/test_*.log
+    echo '```'
+    echo "### max differences, FP32, largest shape (all shapes in test_lstm_vs_ref.log)"
+    echo '```'
+    grep -m1 -A10 "h: 96 } graphs false" "$OUT/test_lstm_vs_ref.log"
+    echo '```'
+    for log in "$OUT"/test_*.log; do
+        if grep -q "panicked" "$log"; then
+            echo "### failures in $(basename "$log")"
+            echo '```'
+            grep -h -A2 "panicked" "$log" | head -40
+            echo '```'
+        fi
+    done
+    echo "## ours (median ms)"
+    echo '```'
+    cat "$OUT/ours.jsonl"
+    grep -h -E "^error|warning" "$OUT"/bench_*.log
+    echo '```'
+    echo "## ours vs PyTorch + cuDNN"
+    echo '```'
+    cat "$OUT/torch.log" 2>/dev/null
+    echo '```'
+    echo "## sanitizer (tail)"
+    echo '```'
+    tail -5 "$OUT/sanitizer.log" 2>/dev/null
+    echo '```'
+    echo "total $(($(date +%s) - START)) s"
+} >>"$RESULTS"
+cat "$RESULTS"
