@@ -46,7 +46,8 @@ extern "C" __global__ void lm_embed_fwd(float* __restrict__ x, const float* __re
 // dx[q, :] * input(b_q, :). Deterministic without atomics: the block of the first row
 // holding a word owns that word's row of demb; other blocks return at once.
 //   dx [T, B, E]   ids [T*B]   demb [V, E] (already holds the decoder's gradient)
-// Geometry: one block per row p (grid T*B), blockDim 128 (a multiple of 32), threads over e.
+// Geometry: one block per row p (grid T*B), blockDim E rounded up to 32 (at most 1024;
+// larger E loops), threads over e.
 extern "C" __global__ void lm_embed_bwd(float* __restrict__ demb, const float* __restrict__ dx,
                                         const unsigned int* __restrict__ ids, int TB, int B, int E,
                                         float p_word, unsigned int t_word, float p_input,

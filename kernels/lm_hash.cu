@@ -1,4 +1,5 @@
-// lm_hash.cu: the counter-based hash every dropout mask of the LM step is drawn from.
+// lm_hash.cu: the counter-based hash every dropout mask of the LM step is drawn from, and the
+// fixed-order block sum the loss and optimizer kernels share.
 //
 // Prepended to every other kernels/lm_*.cu source by crates/cuda/src/lm/kernels.rs (NVRTC
 // sees one translation unit). Bit-for-bit twin: crates/cuda/src/lm/mask.rs, checked by

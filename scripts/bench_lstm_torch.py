@@ -76,19 +76,22 @@ def time_torch(sizes, batch, seq, device, repeats, warmup):
 
 
 def time_ours(binary, sizes, batch, seq, device, tf32, repeats, warmup):
-    """Median seconds of (forward, forward+backward) from `ulmfit bench lstm --json`."""
+    """Median seconds of (forward, forward+backward) from `ulmfit bench lstm --json`, or None."""
     cmd = [binary, "bench", "lstm", "--sizes", ",".join(map(str, sizes)), "--batch", str(batch),
            "--seq", str(seq), "--device", device, "--repeats", str(repeats), "--warmup", str(warmup), "--json"]
     if tf32:
         cmd.append("--tf32")
+    if not os.path.exists(binary):
+        print(f"warning: our binary {binary} does not exist (cargo build --release, or --bin); PyTorch only",
+              file=sys.stderr)
+        return None
     res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd)} failed:\n{res.stderr.strip()}")
     rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     by_pass = {r["pass"]: r for r in rows}
-    missing = {"fwd", "fwd+bwd"} - by_pass.keys()
-    if missing:
-        sys.exit(f"error: {' '.join(cmd)} printed no result for {sorted(missing)}:\n{res.stdout}")
+    if res.returncode != 0 or {"fwd", "fwd+bwd"} - by_pass.keys():
+        print(f"warning: {' '.join(cmd)} gave no result (exit {res.returncode}): {res.stderr.strip()}; PyTorch only",
+              file=sys.stderr)
+        return None
     tokens = batch * seq
     return [tokens / by_pass[p]["tokens_per_s"] for p in ("fwd", "fwd+bwd")]
 
@@ -116,8 +119,6 @@ def main():
     elif args.tf32:
         sys.exit("error: --tf32 applies to --device cuda only")
     torch.set_num_threads(args.threads)
-    if not os.path.exists(args.bin):
-        sys.exit(f"error: our binary {args.bin} does not exist; build it with `cargo build --release` or pass --bin")
 
     cases = CASES
     if args.sizes:
@@ -129,7 +130,7 @@ def main():
         env += f", {torch.cuda.get_device_name()}, tf32 {args.tf32}"
     if not args.json:
         print(f"# ours vs PyTorch ({env}); median of {args.repeats} after {args.warmup} warm-up, {args.rounds} rounds")
-        print(f"{'case':<28} {'pass':<8} {'ours tok/s':>11} {'torch tok/s':>12} {'ours GFLOP/s':>13} {'torch GFLOP/s':>14} {'ours/torch':>10}")
+        print(f"{'case':<30} {'pass':<8} {'ours tok/s':>11} {'torch tok/s':>12} {'ours GFLOP/s':>13} {'torch GFLOP/s':>14} {'ours/torch':>10}")
     for name, sizes, batch, seq in cases:
         ours, theirs = [], []
         for _ in range(args.rounds):
@@ -137,8 +138,9 @@ def main():
             theirs.append(time_torch(sizes, batch, seq, args.device, args.repeats, args.warmup))
         tokens = batch * seq
         label = f"({name}) {'-'.join(map(str, sizes))} B{batch} T{seq}"
+        ours = [r for r in ours if r is not None]
         for k, (pass_, mult) in enumerate([("fwd", 1.0), ("fwd+bwd", 3.0)]):
-            o = statistics.median(r[k] for r in ours)
+            o = statistics.median(r[k] for r in ours) if ours else float("nan")
             t = statistics.median(r[k] for r in theirs)
             gf = tokens * flop_per_token(sizes) * mult / 1e9
             if args.json:
@@ -146,7 +148,7 @@ def main():
                                   "torch_tokens_per_s": tokens / t, "ours_gflops": gf / o, "torch_gflops": gf / t,
                                   "ratio": t / o}))
             else:
-                print(f"{label:<28} {pass_:<8} {tokens / o:>11.0f} {tokens / t:>12.0f} {gf / o:>13.1f} {gf / t:>14.1f} {t / o:>10.2f}")
+                print(f"{label:<30} {pass_:<8} {tokens / o:>11.0f} {tokens / t:>12.0f} {gf / o:>13.1f} {gf / t:>14.1f} {t / o:>10.2f}")
             sys.stdout.flush()
 
 

@@ -26,6 +26,10 @@ enum Command {
     Vocab(cli::text::VocabArgs),
     /// Download the public datasets, verified by checksum.
     Download(cli::text::DownloadArgs),
+    /// The whole ULMFiT pipeline from one TOML config (see configs/).
+    Run(cli::train::RunArgs),
+    /// Classify texts with a trained classifier checkpoint.
+    Predict(cli::train::PredictArgs),
 }
 
 fn main() {
@@ -35,6 +39,8 @@ fn main() {
         Command::Tokenize(args) => cli::text::tokenize(args),
         Command::Vocab(args) => cli::text::vocab(args),
         Command::Download(args) => cli::text::download(args),
+        Command::Run(args) => cli::train::run(args),
+        Command::Predict(args) => cli::train::predict(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

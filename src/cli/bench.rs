@@ -15,6 +15,33 @@ use ulmfit_lstm::{layer, reference, Isa, LstmDims, LstmStack};
 pub enum BenchCommand {
     /// LSTM forward and forward+backward throughput (tokens/s, GFLOP/s).
     Lstm(LstmArgs),
+    /// One AWD-LSTM language-model training step (tokens/s).
+    LmStep(LmStepArgs),
+}
+
+/// `ulmfit bench lm-step` options.
+#[derive(Args, Debug)]
+pub struct LmStepArgs {
+    /// Vocabulary size V of the tied decoder.
+    #[arg(long, default_value_t = 33278)]
+    vocab: usize,
+    /// Batch size B.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Sequence length T.
+    #[arg(long, default_value_t = 70)]
+    seq: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+    /// Allow TF32 tensor-core math (CUDA only).
+    #[arg(long)]
+    tf32: bool,
+    /// Print one JSON object instead of a line.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Where a benchmark runs.
@@ -100,6 +127,10 @@ impl LstmCase {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Lstm(args) => lstm(args),
+        BenchCommand::LmStep(a) => match a.device {
+            Device::Cpu => super::bench_lm::lm_step_cpu(a.vocab, a.batch, a.seq, a.steps, a.json),
+            Device::Cuda => super::bench_cuda::lm_step(a.vocab, a.batch, a.seq, a.steps, a.tf32, a.json),
+        },
     }
 }
 

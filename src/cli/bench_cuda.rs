@@ -1,6 +1,8 @@
 //! The CUDA side of `ulmfit bench lstm --device cuda`: checks a small slice of the case
 //! against the CPU reference (`ulmfit_lstm::reference`), then times forward and
-//! forward+backward of the layer stack, step by step and replayed from CUDA graphs.
+//! forward+backward of the layer stack, step by step and replayed from CUDA graphs; and of
+//! `ulmfit bench lm-step --device cuda`: checks a tiny LM step against
+//! `ulmfit_cuda::lm::reference`, then times the whole AWD-LSTM training step.
 //!
 //! Times are the median over repeats after warm-up, each repeat bracketed by a stream sync
 //! (as the PyTorch script does with `torch.cuda.synchronize()`). GFLOP/s counts the GEMMs
@@ -9,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use ulmfit_cuda::plan::{backward_plan, forward_plan, Step};
+use ulmfit_cuda::lm::{reference as lm_reference, Hyper, LmConfig, LmCuda, LmWeights};
 use ulmfit_cuda::{Gpu, LstmCuda};
 use ulmfit_lstm::{reference, LstmDims, LstmParams};
 use ulmfit_tensor::Rng;
@@ -286,5 +289,102 @@ fn time_parts(gpu: &Gpu, case: &LstmCase, layers: &[LstmCuda], json: bool) -> an
         }
         .print(json);
     }
+    Ok(())
+}
+
+/// Runs one forward+backward of a tiny LM (all dropouts on) on the GPU and on the CPU
+/// reference (`ulmfit_cuda::lm::reference`); fails when the loss or any gradient is off by
+/// more than 1e-4 (FP32) or 2e-2 (TF32) of its scale. Returns the worst relative difference.
+fn check_lm_against_reference(gpu: &Gpu) -> anyhow::Result<f64> {
+    let tol = if gpu.tf32() { 2e-2 } else { 1e-4 };
+    let cfg = LmConfig { vocab: 97, emb: 16, hidden: 24, ..LmConfig::awd_lstm(97, 6, 3) };
+    let w = LmWeights::init(&cfg, 3);
+    let mut rng = Rng::new(3);
+    let ids: Vec<u32> = (0..cfg.rows() * 2).map(|_| rng.below(cfg.vocab) as u32).collect();
+    let (x, y) = ids.split_at(cfg.rows());
+    let mut model = LmCuda::new(gpu, cfg.clone(), &w, Hyper::default())?;
+    model.set_batch(x, y)?;
+    model.forward_backward()?;
+    let want = lm_reference::forward_backward(&cfg, &w, &lm_reference::zero_state(&cfg), x, y, 1);
+    let mut worst = rel_err(&model.loss()?, &want.loss);
+    let got = model.grads()?;
+    for ((name, g), (_, r)) in got.named().into_iter().zip(want.grads.named()) {
+        let e = rel_err(g, r);
+        anyhow::ensure!(e <= tol, "CUDA LM step: gradient {name} differs from the CPU reference by {e:.2e} of its scale (tolerance {tol:.0e})");
+        worst = worst.max(e);
+    }
+    anyhow::ensure!(worst <= tol, "CUDA LM step: loss differs from the CPU reference by {worst:.2e}");
+    Ok(worst)
+}
+
+/// Median wall time in ms of `steps` runs of `run` (which must end with a host sync)
+/// after `WARMUP` untimed runs.
+fn median_ms(steps: usize, mut run: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    for _ in 0..WARMUP {
+        run()?;
+    }
+    let mut ms = Vec::with_capacity(steps);
+    for _ in 0..steps.max(1) {
+        let start = Instant::now();
+        run()?;
+        ms.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(ms[ms.len() / 2])
+}
+
+/// Times one AWD-LSTM LM training step on GPU 0 (fastai's LM config, all dropouts,
+/// AR/TAR, clip 0.1, Adam): the batch upload, forward, backward, clipping, Adam and the loss
+/// download, op by op and replayed from CUDA graphs. The last line printed is the graphs
+/// result (`scripts/bench_lm_step_torch.py` reads it).
+pub fn lm_step(vocab: usize, batch: usize, seq: usize, steps: usize, tf32: bool, json: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(vocab > 1 && batch > 0 && seq > 0 && steps > 0, "vocab, batch, seq and steps must be positive");
+    let gpu = Gpu::new(tf32)?;
+    let worst = check_lm_against_reference(&gpu).context("checking before timing")?;
+    let case = format!("awd-lstm lm-step V{vocab} B{batch} T{seq}");
+    if !json {
+        println!("bench lm-step {case} on cuda: {}, {}; check vs reference (V97 T6 B3): max rel diff {worst:.1e}", gpu.name(), if tf32 { "tf32" } else { "fp32" });
+    }
+    let cfg = LmConfig::awd_lstm(vocab, seq, batch);
+    let mut model = LmCuda::new(&gpu, cfg, &LmWeights::init(&LmConfig::awd_lstm(vocab, seq, batch), 0), Hyper::default())?;
+    let mut rng = Rng::new(1);
+    let ids: Vec<u32> = (0..(seq + 1) * batch).map(|_| rng.below(vocab) as u32).collect();
+    let (x, y) = (&ids[..seq * batch], &ids[batch..]);
+    let tokens = (batch * seq) as f64;
+    let report = |pass: &str, graphs: bool, ms: f64, loss: f32| {
+        let tps = tokens / (ms * 1e-3);
+        if json {
+            println!(
+                "{{\"case\":\"{case}\",\"device\":\"{}\",\"tf32\":{tf32},\"graphs\":{graphs},\"pass\":\"{pass}\",\"ms\":{ms:.4},\"tokens_per_s\":{tps:.1}}}",
+                gpu.name().replace('"', "'")
+            );
+        } else {
+            let launch = if graphs { "graphs" } else { "stream" };
+            println!("  {pass:<12} {ms:>9.3} ms  {tps:>11.0} tokens/s  ({launch}, median of {steps}, loss {loss:.4})");
+        }
+    };
+    let mut loss = 0.0;
+    let ms = median_ms(steps, || {
+        loss = model.step(x, y)?[0];
+        Ok(())
+    })?;
+    report("step", false, ms, loss);
+    if let Err(e) = model.capture_graphs() {
+        eprintln!("warning: CUDA graph capture of the LM step failed, graphs not timed: {e}");
+        return Ok(());
+    }
+    // The parts alone (human output only): forward+backward, then clip + Adam.
+    if !json {
+        let fb = median_ms(steps, || Ok(model.forward_backward().and_then(|_| gpu.sync("fwd+bwd"))?))?;
+        report("fwd+bwd", true, fb, model.loss()?[0]);
+        let up = median_ms(steps, || Ok(model.update().and_then(|_| gpu.sync("update"))?))?;
+        report("clip+adam", true, up, model.loss()?[0]);
+    }
+    let ms = median_ms(steps, || {
+        loss = model.step(x, y)?[0];
+        Ok(())
+    })?;
+    anyhow::ensure!(loss.is_finite(), "bench lm-step: the loss became {loss}");
+    report("step", true, ms, loss);
     Ok(())
 }

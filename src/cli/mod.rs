@@ -2,4 +2,6 @@
 
 pub mod bench;
 pub mod bench_cuda;
+pub mod bench_lm;
 pub mod text;
+pub mod train;

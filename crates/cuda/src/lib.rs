@@ -12,6 +12,7 @@
 
 pub mod device;
 pub mod error;
+pub mod lm;
 pub mod lstm;
 pub mod plan;
 

@@ -1,11 +1,11 @@
 //! A small per-thread pool of f32 buffers, so the per-sequence trace ([T, B, 4H] gates and
 //! [T, B, H] cell states, tens of MB at AWD-LSTM sizes) is not mapped and page-faulted
-//! afresh by every forward. Buffers come back stale: every user overwrites them completely.
+//! afresh by every forward; the packed W_hh copies are recycled the same way. Buffers come back stale: every user overwrites them completely.
 
 use std::cell::RefCell;
 
-/// Buffers kept per thread at most (a 3-layer stack cycles six).
-const KEEP: usize = 8;
+/// Buffers kept per thread at most (a 3-layer stack keeps six traces and one packed W_hh).
+const KEEP: usize = 10;
 
 thread_local! {
     static POOL: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };

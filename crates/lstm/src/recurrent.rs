@@ -11,6 +11,7 @@
 //! are checked against `reference.rs` by tests/fused.rs.
 
 use crate::cell::{self, CellBwd, CellFwd, CellStep, Isa};
+use crate::pool;
 use rayon::prelude::*;
 use ulmfit_tensor::gemm::{sgemm, MatRef};
 
@@ -26,6 +27,13 @@ pub struct Recurrent<'a> {
     fwd: Vec<f32>,
     /// Backward blocks `[H/16][K=4H][16]` of W_hh (AVX-512 only).
     bwd: Vec<f32>,
+}
+
+impl Drop for Recurrent<'_> {
+    fn drop(&mut self) {
+        pool::give(std::mem::take(&mut self.fwd));
+        pool::give(std::mem::take(&mut self.bwd));
+    }
 }
 
 impl<'a> Recurrent<'a> {
@@ -111,9 +119,18 @@ impl<'a> Recurrent<'a> {
     }
 }
 
+/// A pooled buffer of `len` floats; zeroed when H leaves padding lanes the packing skips.
+fn padded(len: usize, hn: usize) -> Vec<f32> {
+    let mut p = pool::take(len);
+    if hn % UNITS != 0 {
+        p.fill(0.0);
+    }
+    p
+}
+
 /// `[H/16][H][4][16]`: block u, input unit k, gate g, lane l holds W_hh[g*H + 16u + l, k].
 fn pack_fwd(w: &[f32], hn: usize) -> Vec<f32> {
-    let mut p = vec![0.0; hn.div_ceil(UNITS) * hn * 4 * UNITS];
+    let mut p = padded(hn.div_ceil(UNITS) * hn * 4 * UNITS, hn);
     p.par_chunks_mut((hn * 4 * UNITS).max(1)).enumerate().for_each(|(u, block)| {
         for g in 0..4 {
             for l in 0..UNITS.min(hn - u * UNITS) {
@@ -130,7 +147,7 @@ fn pack_fwd(w: &[f32], hn: usize) -> Vec<f32> {
 
 /// `[H/16][4H][16]`: block u, gate row m, lane l holds W_hh[m, 16u + l].
 fn pack_bwd(w: &[f32], hn: usize) -> Vec<f32> {
-    let mut p = vec![0.0; hn.div_ceil(UNITS) * 4 * hn * UNITS];
+    let mut p = padded(hn.div_ceil(UNITS) * 4 * hn * UNITS, hn);
     p.par_chunks_mut((4 * hn * UNITS).max(1)).enumerate().for_each(|(u, block)| {
         let width = UNITS.min(hn - u * UNITS);
         for (m, lanes) in block.chunks_exact_mut(UNITS).enumerate() {

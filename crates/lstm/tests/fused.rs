@@ -134,3 +134,39 @@ fn reference_backward_matches_finite_differences() {
         }
     }
 }
+
+#[test]
+fn backward_repeats_bit_for_bit() {
+    let cs = Case::new(6, 21, 9, 35, 12);
+    let p = cs.params();
+    let run = || {
+        let (out, saved) = layer::forward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, Isa::detect());
+        layer::backward(
+            cs.d,
+            &p,
+            &cs.x,
+            &cs.h0,
+            &cs.c0,
+            &out.y,
+            saved,
+            &cs.dy,
+            None,
+            None,
+            Isa::detect(),
+        )
+    };
+    let (a, b) = (run(), run());
+    let pairs = [
+        ("dx", &a.dx, &b.dx),
+        ("dw_ih", &a.dw_ih, &b.dw_ih),
+        ("dw_hh", &a.dw_hh, &b.dw_hh),
+        ("db", &a.db_ih, &b.db_ih),
+    ];
+    for (name, x, y) in pairs {
+        let bad = x.iter().zip(y.iter()).position(|(u, v)| u.to_bits() != v.to_bits());
+        assert!(
+            bad.is_none(),
+            "{name} differs between two identical runs at index {bad:?}"
+        );
+    }
+}

@@ -27,12 +27,16 @@ impl ParamGroup {
     }
 }
 
-/// The per-parameter moments of Adam (or the velocity of SGD, in `m`).
-#[derive(Clone, Default)]
-struct Moments {
-    m: Vec<f32>,
-    v: Vec<f32>,
-    steps: u32,
+/// The per-parameter state of Adam (or the velocity of SGD, in `m`); empty until the
+/// parameter's first update. Exposed so checkpoints can save and restore it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Moments {
+    /// First moment (SGD: velocity).
+    pub m: Vec<f32>,
+    /// Second moment (unused by SGD).
+    pub v: Vec<f32>,
+    /// Updates applied so far (for bias correction).
+    pub steps: u32,
 }
 
 /// Adam with decoupled weight decay and per-parameter bias correction.
@@ -80,6 +84,16 @@ impl Adam {
     /// Clears the gradients of every parameter in every group.
     pub fn zero_grad(&self) {
         zero_grads(&self.groups);
+    }
+
+    /// The moments of every parameter, indexed `[group][param]` like `groups`.
+    pub fn moments(&self) -> &[Vec<Moments>] {
+        &self.state
+    }
+
+    /// Mutable moments, for restoring a checkpoint.
+    pub fn moments_mut(&mut self) -> &mut [Vec<Moments>] {
+        &mut self.state
     }
 }
 

@@ -26,6 +26,16 @@ impl Rng {
         Rng { s: [splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x)] }
     }
 
+    /// The generator's whole state, for checkpoints.
+    pub fn state(&self) -> [u64; 4] {
+        self.s
+    }
+
+    /// A generator that continues from a saved `state`.
+    pub fn from_state(state: [u64; 4]) -> Self {
+        Rng { s: state }
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         let s = &mut self.s;

@@ -20,11 +20,22 @@ fn main() {
         println!("SKIP tokenize bench: {} not found", path.display());
         return;
     }
-    let limit: usize = std::env::var("BENCH_DOCS").ok().and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
-    let repeats: usize = std::env::var("BENCH_REPEATS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let limit: usize = std::env::var("BENCH_DOCS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(usize::MAX);
+    let repeats: usize = std::env::var("BENCH_REPEATS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     let imdb = load_imdb(&path).expect("load IMDb");
-    let texts: Vec<String> =
-        imdb.train.into_iter().chain(imdb.test).map(|d| d.text).take(limit).collect();
+    let texts: Vec<String> = imdb
+        .train
+        .into_iter()
+        .chain(imdb.test)
+        .map(|d| d.text)
+        .take(limit)
+        .collect();
     let bytes: usize = texts.iter().map(String::len).sum();
     let tok = Tokenizer::new();
     let mut times = Vec::new();

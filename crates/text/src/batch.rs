@@ -10,6 +10,7 @@
 //! against a plain concatenate-and-slice reference and fastai's ordering rules.
 
 use crate::corpus::Corpus;
+use crate::error::{Result, TextError};
 use crate::rng::Rng;
 
 /// Sequence length policy of the LM stream.
@@ -54,10 +55,24 @@ pub struct LmStream<'c> {
 
 impl<'c> LmStream<'c> {
     /// Epoch `epoch` of the stream; `shuffle` reorders documents with a seed derived from
-    /// (`seed`, `epoch`). Panics if the corpus has fewer than `batch_size + 1` tokens.
-    pub fn new(corpus: &'c Corpus, batch_size: usize, bptt: Bptt, shuffle: bool, seed: u64, epoch: u64) -> Self {
+    /// (`seed`, `epoch`). Errors if the corpus has fewer than `batch_size + 1` tokens.
+    pub fn new(
+        corpus: &'c Corpus,
+        batch_size: usize,
+        bptt: Bptt,
+        shuffle: bool,
+        seed: u64,
+        epoch: u64,
+    ) -> Result<Self> {
         let n = corpus.ids.len();
-        assert!(batch_size > 0 && n > batch_size, "LmStream: {n} tokens for batch size {batch_size}");
+        let t = match bptt {
+            Bptt::Fixed(t) | Bptt::Random(t) => t,
+        };
+        if batch_size == 0 || t == 0 || n <= batch_size {
+            return Err(TextError::Invalid(format!(
+                "LmStream: {n} tokens cannot fill batch size {batch_size} with bptt {t}"
+            )));
+        }
         let mut rng = Rng::new(seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut order: Vec<u32> = (0..corpus.len() as u32).collect();
         if shuffle {
@@ -73,9 +88,20 @@ impl<'c> LmStream<'c> {
                 before += corpus.doc_len(order[doc] as usize);
                 doc += 1;
             }
-            rows.push(Cursor { doc, off: p - before });
+            rows.push(Cursor {
+                doc,
+                off: p - before,
+            });
         }
-        LmStream { corpus, order, rows, row_len, t: 0, bptt, rng }
+        Ok(LmStream {
+            corpus,
+            order,
+            rows,
+            row_len,
+            t: 0,
+            bptt,
+            rng,
+        })
     }
 
     /// The shuffled document order of this epoch.
@@ -106,7 +132,11 @@ impl<'c> LmStream<'c> {
         match self.bptt {
             Bptt::Fixed(t) => t,
             Bptt::Random(base) => {
-                let b = if self.rng.uniform() < 0.95 { base as f64 } else { base as f64 / 2.0 };
+                let b = if self.rng.uniform() < 0.95 {
+                    base as f64
+                } else {
+                    base as f64 / 2.0
+                };
                 ((b + 5.0 * self.rng.normal()) as i64).max(5) as usize
             }
         }
@@ -134,7 +164,12 @@ impl Iterator for LmStream<'_> {
         self.t += seq_len;
         let y = xy[bs..].to_vec();
         xy.truncate(seq_len * bs);
-        Some(LmBatch { x: xy, y, seq_len, batch_size: bs })
+        Some(LmBatch {
+            x: xy,
+            y,
+            seq_len,
+            batch_size: bs,
+        })
     }
 }
 
@@ -197,13 +232,25 @@ impl<'c> ClassifierBatches<'c> {
         shuffle: bool,
         seed: u64,
         epoch: u64,
-    ) -> Self {
-        assert_eq!(corpus.len(), labels.len(), "ClassifierBatches: documents vs labels");
-        assert!(batch_size > 0 && pad_chunk > 0, "ClassifierBatches: batch {batch_size} chunk {pad_chunk}");
+    ) -> Result<Self> {
+        if corpus.len() != labels.len() || corpus.is_empty() || batch_size == 0 || pad_chunk == 0 {
+            return Err(TextError::Invalid(format!(
+                "ClassifierBatches: {} documents, {} labels, batch size {batch_size}, pad chunk {pad_chunk}",
+                corpus.len(),
+                labels.len()
+            )));
+        }
         let lens: Vec<usize> = (0..corpus.len()).map(|d| corpus.doc_len(d)).collect();
         let mut rng = Rng::new(seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let order = sorted_order(&lens, batch_size, shuffle, &mut rng);
-        ClassifierBatches { corpus, labels, order, batch_size, pad_chunk, pos: 0 }
+        Ok(ClassifierBatches {
+            corpus,
+            labels,
+            order,
+            batch_size,
+            pad_chunk,
+            pos: 0,
+        })
     }
 }
 
@@ -214,7 +261,8 @@ impl Iterator for ClassifierBatches<'_> {
         if self.pos >= self.order.len() {
             return None;
         }
-        let docs: Vec<usize> = self.order[self.pos..(self.pos + self.batch_size).min(self.order.len())].to_vec();
+        let docs: Vec<usize> =
+            self.order[self.pos..(self.pos + self.batch_size).min(self.order.len())].to_vec();
         self.pos += docs.len();
         let bs = docs.len();
         let lengths: Vec<usize> = docs.iter().map(|&d| self.corpus.doc_len(d)).collect();
@@ -228,6 +276,12 @@ impl Iterator for ClassifierBatches<'_> {
             }
         }
         let labels = docs.iter().map(|&d| self.labels[d]).collect();
-        Some(ClassifierBatch { x, seq_len, labels, lengths, docs })
+        Some(ClassifierBatch {
+            x,
+            seq_len,
+            labels,
+            lengths,
+            docs,
+        })
     }
 }

@@ -5,10 +5,10 @@
 //! `encode` on the same documents.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use rayon::prelude::*;
 
+use crate::fxhash::FxBuildHasher;
 use crate::tokenizer::Tokenizer;
 use crate::vocab::Vocab;
 
@@ -24,7 +24,10 @@ pub struct Corpus {
 impl Corpus {
     /// Builds a corpus from per-document id lists.
     pub fn from_docs(docs: &[Vec<u32>]) -> Corpus {
-        let mut c = Corpus { ids: Vec::new(), offsets: vec![0] };
+        let mut c = Corpus {
+            ids: Vec::new(),
+            offsets: vec![0],
+        };
         for d in docs {
             c.push_doc(d);
         }
@@ -61,23 +64,6 @@ impl Corpus {
     }
 }
 
-/// FxHash-style hasher (rustc's): fast for the short token strings of the interner.
-#[derive(Default)]
-pub struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 /// One tokenised document, compact: tokens concatenated with their end offsets.
 struct Tokens {
     text: String,
@@ -86,7 +72,10 @@ struct Tokens {
 
 impl Tokens {
     fn of(tok: &Tokenizer, doc: &str) -> Tokens {
-        let mut t = Tokens { text: String::with_capacity(doc.len() + 64), ends: Vec::new() };
+        let mut t = Tokens {
+            text: String::with_capacity(doc.len() + 64),
+            ends: Vec::new(),
+        };
         tok.tokenize_with(doc, |s| {
             t.text.push_str(s);
             t.ends.push(t.text.len() as u32);
@@ -96,14 +85,16 @@ impl Tokens {
 
     fn iter(&self) -> impl Iterator<Item = &str> {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts.zip(self.ends.iter()).map(|(a, &b)| &self.text[a as usize..b as usize])
+        starts
+            .zip(self.ends.iter())
+            .map(|(a, &b)| &self.text[a as usize..b as usize])
     }
 }
 
 /// Streams documents through the tokenizer into a [`Corpus`] of provisional ids.
 pub struct CorpusBuilder<'t> {
     tok: &'t Tokenizer,
-    index: HashMap<String, u32, BuildHasherDefault<FxHasher>>,
+    index: HashMap<String, u32, FxBuildHasher>,
     /// Provisional id -> (token, count), in first-occurrence order.
     counts: Vec<(String, usize)>,
     corpus: Corpus,
@@ -112,12 +103,20 @@ pub struct CorpusBuilder<'t> {
 impl<'t> CorpusBuilder<'t> {
     /// An empty builder using `tok`.
     pub fn new(tok: &'t Tokenizer) -> Self {
-        CorpusBuilder { tok, index: HashMap::default(), counts: Vec::new(), corpus: Corpus::from_docs(&[]) }
+        CorpusBuilder {
+            tok,
+            index: HashMap::default(),
+            counts: Vec::new(),
+            corpus: Corpus::from_docs(&[]),
+        }
     }
 
     /// Tokenises `texts` in parallel and appends them (in order).
     pub fn add<S: AsRef<str> + Sync>(&mut self, texts: &[S]) {
-        let toks: Vec<Tokens> = texts.par_iter().map(|t| Tokens::of(self.tok, t.as_ref())).collect();
+        let toks: Vec<Tokens> = texts
+            .par_iter()
+            .map(|t| Tokens::of(self.tok, t.as_ref()))
+            .collect();
         for doc in toks {
             for t in doc.iter() {
                 let id = match self.index.get(t) {
@@ -157,7 +156,10 @@ impl<'t> CorpusBuilder<'t> {
     pub fn finish_with(self, vocab: &Vocab) -> Corpus {
         let remap: Vec<u32> = self.counts.iter().map(|(t, _)| vocab.id(t)).collect();
         let mut corpus = self.corpus;
-        corpus.ids.par_iter_mut().for_each(|id| *id = remap[*id as usize]);
+        corpus
+            .ids
+            .par_iter_mut()
+            .for_each(|id| *id = remap[*id as usize]);
         corpus
     }
 }

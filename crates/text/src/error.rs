@@ -10,16 +10,31 @@ pub enum TextError {
     Io { path: PathBuf, err: std::io::Error },
     /// A file is not valid UTF-8 (line is 1-based).
     #[error("{path}:{line}: invalid UTF-8 (byte offset {offset})")]
-    Utf8 { path: PathBuf, line: usize, offset: usize },
+    Utf8 {
+        path: PathBuf,
+        line: usize,
+        offset: usize,
+    },
     /// A file does not follow its format.
     #[error("{path}:{line}: {msg}")]
-    Format { path: PathBuf, line: usize, msg: String },
+    Format {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
     /// A requested column is not in the header.
     #[error("{path}: no column {column:?} (columns: {columns})")]
-    MissingColumn { path: PathBuf, column: String, columns: String },
+    MissingColumn {
+        path: PathBuf,
+        column: String,
+        columns: String,
+    },
     /// The input holds no documents (or no labels where labels are needed).
     #[error("{path}: {what}")]
     Empty { path: PathBuf, what: String },
+    /// Arguments that cannot work with the data (e.g. a corpus smaller than one batch).
+    #[error("{0}")]
+    Invalid(String),
     /// A download failed or its checksum did not match.
     #[error("download {url}: {msg}")]
     Download { url: String, msg: String },
@@ -30,7 +45,10 @@ pub type Result<T> = std::result::Result<T, TextError>;
 
 /// Wraps an I/O error with its path.
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> TextError + '_ {
-    move |err| TextError::Io { path: path.to_path_buf(), err }
+    move |err| TextError::Io {
+        path: path.to_path_buf(),
+        err,
+    }
 }
 
 /// Reads a whole file as UTF-8, reporting the line of the first invalid byte.
@@ -43,7 +61,14 @@ pub fn read_utf8(path: &std::path::Path) -> Result<String> {
 pub(crate) fn utf8(bytes: Vec<u8>, path: &std::path::Path) -> Result<String> {
     String::from_utf8(bytes).map_err(|e| {
         let offset = e.utf8_error().valid_up_to();
-        let line = 1 + e.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count();
-        TextError::Utf8 { path: path.to_path_buf(), line, offset }
+        let line = 1 + e.as_bytes()[..offset]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        TextError::Utf8 {
+            path: path.to_path_buf(),
+            line,
+            offset,
+        }
     })
 }

@@ -44,7 +44,13 @@ fn numeric(rest: &str) -> Option<(u64, usize)> {
     };
     let digits = b[start..]
         .iter()
-        .take_while(|d| if hex { d.is_ascii_hexdigit() } else { d.is_ascii_digit() })
+        .take_while(|d| {
+            if hex {
+                d.is_ascii_hexdigit()
+            } else {
+                d.is_ascii_digit()
+            }
+        })
         .count();
     if digits == 0 {
         return None;
@@ -106,7 +112,11 @@ pub fn unescape(s: &str) -> String {
         }
         // Longest known prefix of at least 2 chars, shorter than the whole name.
         let bounds: Vec<usize> = name.char_indices().map(|(i, _)| i).skip(2).collect();
-        match bounds.iter().rev().find_map(|&x| entity(&name[..x]).map(|t| (x, t))) {
+        match bounds
+            .iter()
+            .rev()
+            .find_map(|&x| entity(&name[..x]).map(|t| (x, t)))
+        {
             Some((x, text)) => {
                 out.push_str(text);
                 out.push_str(&name[x..]);

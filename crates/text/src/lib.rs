@@ -6,6 +6,7 @@
 
 mod chars;
 mod en_tables;
+mod fxhash;
 pub mod html;
 pub mod rules;
 mod splitter;

@@ -12,15 +12,16 @@ use std::collections::HashMap;
 
 use crate::chars::*;
 use crate::en_tables::{CURRENCY, HYPHENS, SPECIAL_CASES, UNITS};
+use crate::fxhash::FxBuildHasher;
 use crate::rules::SPECIAL_TOKENS;
 use crate::url::url_match;
 
 /// spaCy-like English word splitter; cheap to share between threads.
 pub struct Splitter {
     /// Special case string -> its tokens.
-    specials: HashMap<&'static str, Vec<&'static str>>,
+    specials: HashMap<&'static str, Vec<&'static str>, FxBuildHasher>,
     /// Matcher patterns (tokens without special cases) grouped by first token: (pattern, key).
-    patterns: HashMap<&'static str, Vec<(&'static [&'static str], &'static str)>>,
+    patterns: HashMap<&'static str, Vec<(&'static [&'static str], &'static str)>, FxBuildHasher>,
 }
 
 impl Default for Splitter {
@@ -32,8 +33,8 @@ impl Default for Splitter {
 impl Splitter {
     /// Builds the splitter with spaCy's English special cases plus fastai's special tokens.
     pub fn new() -> Self {
-        let mut specials = HashMap::new();
-        let mut patterns: HashMap<_, Vec<_>> = HashMap::new();
+        let mut specials = HashMap::default();
+        let mut patterns: HashMap<_, Vec<_>, FxBuildHasher> = HashMap::default();
         for &(key, toks, pattern) in SPECIAL_CASES {
             specials.insert(key, toks.to_vec());
             if let Some(first) = pattern.first() {
@@ -48,7 +49,9 @@ impl Splitter {
 
     /// Splits `text` into tokens, appending them to `out` as slices of `text` or static strings.
     pub fn split<'a>(&self, text: &'a str, out: &mut Vec<&'a str>) {
-        let Some(first) = text.chars().next() else { return };
+        let Some(first) = text.chars().next() else {
+            return;
+        };
         let base = out.len();
         // space_after[k]: token base+k was followed by a ' ' that the split consumed.
         let mut space_after = Vec::new();
@@ -89,7 +92,13 @@ impl Splitter {
         let rest = self.split_affixes(s, &mut prefixes, &mut suffixes);
         out.extend(prefixes);
         if !rest.is_empty() {
-            if let Some(toks) = self.specials.get(rest) {
+            // `rest` is the whole chunk when nothing was stripped: known not to be special.
+            let special = if rest.len() == s.len() {
+                None
+            } else {
+                self.specials.get(rest)
+            };
+            if let Some(toks) = special {
                 out.extend(toks.iter().copied());
             } else if url_match(rest) {
                 out.push(rest);
@@ -108,9 +117,10 @@ impl Splitter {
         prefixes: &mut Vec<&'a str>,
         suffixes: &mut Vec<&'a str>,
     ) -> &'a str {
-        let mut last_len = usize::MAX;
+        let (mut last_len, whole) = (usize::MAX, s.len());
         while !s.is_empty() && s.len() != last_len {
-            if self.specials.contains_key(s) {
+            // The caller already looked the whole chunk up.
+            if s.len() != whole && self.specials.contains_key(s) {
                 break;
             }
             last_len = s.len();
@@ -148,7 +158,9 @@ impl Splitter {
         let toks = &out[base..];
         let mut matches: Vec<(usize, usize)> = Vec::new();
         for i in 0..toks.len() {
-            let Some(cands) = self.patterns.get(toks[i]) else { continue };
+            let Some(cands) = self.patterns.get(toks[i]) else {
+                continue;
+            };
             for &(pat, _) in cands {
                 if toks.len() - i >= pat.len() && toks[i..i + pat.len()] == *pat {
                     matches.push((i, i + pat.len()));
@@ -200,14 +212,21 @@ fn find_prefix(s: &str) -> usize {
     match c {
         '.' => {
             let run = s.bytes().take_while(|&b| b == b'.').count();
-            if run >= 2 { run } else { 0 }
+            if run >= 2 {
+                run
+            } else {
+                0
+            }
         }
         '+' => match it.next() {
             Some(n) if n.is_ascii_digit() => 0,
             _ => 1,
         },
         _ if is_prefix_char(c) => c.len_utf8(),
-        _ => ["US$", "C$", "A$"].iter().find(|p| s.starts_with(**p)).map_or(0, |p| p.len()),
+        _ => ["US$", "C$", "A$"]
+            .iter()
+            .find(|p| s.starts_with(**p))
+            .map_or(0, |p| p.len()),
     }
 }
 
@@ -327,12 +346,24 @@ mod tests {
         // Expected tokens from spacy.blank("en") (spaCy 3.8) on lowercased text.
         let cases: [(&str, &[&str]); 11] = [
             ("don't stop", &["do", "n't", "stop"]),
-            ("it's (really) good.", &["it", "'s", "(", "really", ")", "good", "."]),
-            ("10km well-known e.g. 5$", &["10", "km", "well", "-", "known", "e.g.", "5", "$"]),
-            ("visit www.imdb.com/title now", &["visit", "www.imdb.com/title", "now"]),
+            (
+                "it's (really) good.",
+                &["it", "'s", "(", "really", ")", "good", "."],
+            ),
+            (
+                "10km well-known e.g. 5$",
+                &["10", "km", "well", "-", "known", "e.g.", "5", "$"],
+            ),
+            (
+                "visit www.imdb.com/title now",
+                &["visit", "www.imdb.com/title", "now"],
+            ),
             ("a  b\n\nc", &["a", " ", "b", "\n\n", "c"]),
             ("hello,world :) ..", &["hello", ",", "world", ":)", ".."]),
-            ("1-2 3+4 x/y", &["1", "-", "2", "3", "+", "4", "x", "/", "y"]),
+            (
+                "1-2 3+4 x/y",
+                &["1", "-", "2", "3", "+", "4", "x", "/", "y"],
+            ),
             ("can't", &["ca", "n't"]),
             ("\"yes!\"", &["\"", "yes", "!", "\""]),
             ("film.the end", &["film.the", "end"]),

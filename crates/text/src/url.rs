@@ -9,11 +9,17 @@ use crate::chars::{is_alpha_lower, is_word};
 
 /// True if spaCy's `URL_MATCH` matches the whole of `s`.
 pub(crate) fn url_match(s: &str) -> bool {
+    // Both host forms (domain with TLD, dotted IPv4) contain a '.'.
+    if !s.contains('.') {
+        return false;
+    }
     if let Some(colon) = s.find(':') {
         let scheme = &s[..colon];
         if s[colon..].starts_with("://")
             && scheme.chars().count() >= 2
-            && scheme.chars().all(|c| is_word(c) || matches!(c, '+' | '-' | '.'))
+            && scheme
+                .chars()
+                .all(|c| is_word(c) || matches!(c, '+' | '-' | '.'))
             && after_scheme(&s[colon + 3..])
         {
             return true;
@@ -54,7 +60,9 @@ fn label_char(c: char) -> bool {
 
 /// `(?:(?:[X][X_-]{0,62})?[X]\.)+[ALPHA_LOWER]{2,63}`.
 fn domain(h: &str) -> bool {
-    let Some((labels, tld)) = h.rsplit_once('.') else { return false };
+    let Some((labels, tld)) = h.rsplit_once('.') else {
+        return false;
+    };
     let n = tld.chars().count();
     if !(2..=63).contains(&n) || !tld.chars().all(is_alpha_lower) {
         return false;
@@ -87,7 +95,10 @@ fn ipv4(h: &str) -> bool {
     };
     let last_ok = no_lead_zero(parts[3]) && (1..=254).contains(&v(parts[3]));
     let (a, b) = (v(parts[0]), v(parts[1]));
-    let private = a == 10 || a == 127 || (a == 169 && b == 254) || (a == 192 && b == 168)
+    let private = a == 10
+        || a == 127
+        || (a == 169 && b == 254)
+        || (a == 192 && b == 168)
         || (a == 172 && (16..=31).contains(&b));
     first_ok && mid_ok(parts[1]) && mid_ok(parts[2]) && last_ok && !private
 }

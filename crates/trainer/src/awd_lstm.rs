@@ -6,7 +6,8 @@
 //!
 //! Sequences are time-major: token ids `[T, B]` row-major (`ids[t * B + b]`).
 
-use ulmfit_lstm::autograd::lstm;
+use ulmfit_lstm::op::lstm;
+use ulmfit_lstm::DropMask;
 use ulmfit_tensor::{Result, Rng, Tensor};
 
 /// Sizes and dropouts of an AWD-LSTM (fastai's `awd_lstm_lm_config` by default).
@@ -167,9 +168,11 @@ impl AwdLstm {
                 Some((h0, c0)) => (h0.clone(), c0.clone()),
                 None => (Tensor::zeros(&[b, h]), Tensor::zeros(&[b, h])),
             };
-            let w_hh = if train && cfg.weight_p > 0.0 { w.w_hh.mul(&rng.dropout_mask(w.w_hh.shape(), cfg.weight_p))? } else { w.w_hh.clone() };
-            let (y, h_n, c_n) = lstm(&x, &h0, &c0, &w.w_ih, &w_hh, &w.b_ih, &w.b_hh)?;
-            new_state.push((h_n.detach(), c_n.detach()));
+            // DropConnect: one mask on W_hh for the whole sequence, applied inside the op.
+            let drop = (train && cfg.weight_p > 0.0).then(|| DropMask { p: cfg.weight_p, seed: rng.next_u64() });
+            let step = lstm(&x, &w.w_ih, &w.w_hh, &w.b_ih, &w.b_hh, &h0, &c0, drop)?;
+            new_state.push((step.h_n, step.c_n));
+            let y = step.y;
             x = if train && l + 1 < n && cfg.hidden_p > 0.0 { y.mul(&rng.dropout_mask(&[1, b, h], cfg.hidden_p))? } else { y };
         }
         self.state = new_state;

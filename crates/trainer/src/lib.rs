@@ -1,13 +1,23 @@
-//! ulmfit-trainer: the ULMFiT method on top of the engine (being built).
+//! ulmfit-trainer: the ULMFiT method on top of the engine.
 //!
+//! - `awd_lstm.rs`: the AWD-LSTM encoder and tied language model, with fastai's dropouts.
+//! - `classifier.rs`: BPT3C encoder reads, concat pooling, the batch-norm head.
+//! - `train.rs`: training steps and evaluation loops; `stages.rs`: epochs of a stage.
+//! - `data.rs`: corpora and task splits; `pipeline.rs`: the whole method from one config.
 //! - `schedule.rs`: slanted triangular LR, one-cycle with cyclical momentum, discriminative LRs.
 //! - `checkpoint.rs`: safetensors weights + vocabulary + config, written atomically.
 //! - `metrics.rs`, `plot.rs`, `progress.rs`: per-epoch metrics files, curves, progress bars.
 //! - `config.rs`: the TOML pipeline configuration.
 
+pub mod awd_lstm;
 pub mod checkpoint;
+pub mod classifier;
 pub mod config;
+pub mod data;
 pub mod metrics;
+pub mod pipeline;
 pub mod plot;
 pub mod progress;
 pub mod schedule;
+pub mod stages;
+pub mod train;

@@ -4,24 +4,11 @@
 //! clip the global gradient norm, Adam step. A non-finite loss or gradient norm stops the
 //! run with an error before any weight is touched, so the last checkpoint stays good.
 
-use std::time::Instant;
-
 use crate::awd_lstm::{lm_loss, LanguageModel};
 use crate::classifier::{Classifier, DocBatch};
 use ulmfit_tensor::optim::{clip_grad_norm, Adam};
 use ulmfit_tensor::{no_grad, Rng, Tensor};
-
-/// One LM batch: inputs and next-token targets, both `[T, B]` time-major.
-pub struct LmBatch {
-    /// Input ids, `x[t * B + b]`.
-    pub x: Vec<u32>,
-    /// Target ids (the input shifted by one step).
-    pub y: Vec<u32>,
-    /// Steps T.
-    pub t: usize,
-    /// Rows B.
-    pub b: usize,
-}
+use ulmfit_text::batch::LmBatch;
 
 /// Hyper-parameters of one step that do not change within a stage.
 #[derive(Clone, Copy, Debug)]
@@ -81,7 +68,7 @@ pub fn optimizer_step(opt: &mut Adam, loss: &Tensor, clip: Option<f32>, step: us
 
 /// One LM training step; returns the cross-entropy (without AR/TAR).
 pub fn lm_train_step(model: &mut LanguageModel, opt: &mut Adam, batch: &LmBatch, cfg: StepConfig, rng: &mut Rng, step: usize) -> Result<f32, TrainError> {
-    let out = model.forward(&batch.x, batch.t, batch.b, true, rng)?;
+    let out = model.forward(&batch.x, batch.seq_len, batch.batch_size, true, rng)?;
     let (loss, ce) = lm_loss(&out, &batch.y, cfg.alpha, cfg.beta)?;
     optimizer_step(opt, &loss, cfg.clip, step)?;
     Ok(ce)
@@ -93,7 +80,7 @@ pub fn lm_evaluate<'a>(model: &mut LanguageModel, batches: impl Iterator<Item = 
     model.encoder.reset();
     let (mut loss_sum, mut correct, mut count) = (0.0f64, 0usize, 0usize);
     for batch in batches {
-        let out = no_grad(|| model.forward(&batch.x, batch.t, batch.b, false, rng))?;
+        let out = no_grad(|| model.forward(&batch.x, batch.seq_len, batch.batch_size, false, rng))?;
         let n = batch.y.len();
         loss_sum += out.logits.cross_entropy(&batch.y, None)?.item()? as f64 * n as f64;
         correct += argmax_rows(&out.logits).iter().zip(&batch.y).filter(|(p, y)| p == y).count();
@@ -122,9 +109,4 @@ pub fn classifier_probs(model: &mut Classifier, batch: &DocBatch, rng: &mut Rng)
 pub fn argmax_rows(t: &Tensor) -> Vec<u32> {
     let c = t.dim(t.rank() - 1);
     t.data().chunks(c).map(|row| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32)).collect()
-}
-
-/// Tokens per second since `start` for `tokens` tokens.
-pub fn rate(tokens: usize, start: Instant) -> f64 {
-    tokens as f64 / start.elapsed().as_secs_f64().max(1e-9)
 }

@@ -9,6 +9,7 @@ use crate::autograd::Op;
 use crate::error::{bad, mismatch, Result};
 use crate::gemm::{sgemm, MatRef};
 use crate::Tensor;
+use rayon::prelude::*;
 
 /// `C[M,N] (+)= op(A) · op(B)` for one matrix pair; `beta` 0 overwrites, 1 accumulates.
 fn product(a: &[f32], a_rows: usize, a_cols: usize, ta: bool, b: &[f32], b_rows: usize, b_cols: usize, tb: bool, beta: f32, c: &mut [f32]) {
@@ -87,9 +88,48 @@ impl Tensor {
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let y = self.matmul_t(weight, false, true)?;
         match bias {
-            Some(b) => y.add(b),
+            Some(b) => y.add_bias(b),
             None => Ok(y),
         }
+    }
+
+    /// `self [..., N] + bias [N]`, row by row in parallel: the broadcast add of `linear`,
+    /// kept apart from the generic broadcasting `add` because the decoder's logits
+    /// (`[T*B, V]`, V ~ 33k) make it hot.
+    pub fn add_bias(&self, bias: &Tensor) -> Result<Tensor> {
+        let n = *self.shape().last().ok_or_else(|| bad("add_bias", "needs at least 1-D input"))?;
+        if bias.shape() != [n] {
+            return Err(mismatch("add_bias", self.shape(), bias.shape()));
+        }
+        let mut out = self.to_vec();
+        let b = bias.data();
+        let b: &[f32] = &b;
+        out.par_chunks_mut(n.max(1)).for_each(|row| row.iter_mut().zip(b.iter()).for_each(|(y, b)| *y += b));
+        Ok(Tensor::from_op(out, self.shape(), &[self, bias], AddBias))
+    }
+}
+
+struct AddBias;
+
+impl Op for AddBias {
+    fn name(&self) -> &'static str {
+        "add_bias"
+    }
+
+    fn backward(&self, inputs: &[Tensor], _out: &Tensor, dout: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let n = inputs[1].numel();
+        let g = dout.data();
+        let g: &[f32] = &g;
+        // dbias[j] = sum over rows of dout[:, j]; columns split across threads, rows summed
+        // in order, so the result does not depend on the thread count.
+        let cols: Vec<usize> = (0..n).collect();
+        let mut db = vec![0.0; n];
+        db.par_chunks_mut(256).zip(cols.par_chunks(256)).for_each(|(d, js)| {
+            for row in g.chunks(n) {
+                d.iter_mut().zip(js).for_each(|(d, &j)| *d += row[j]);
+            }
+        });
+        Ok(vec![Some(dout.clone()), Some(Tensor::from_vec(db, &[n])?)])
     }
 }
 

@@ -8,6 +8,8 @@ use crate::autograd::Op;
 use crate::error::{bad, Result};
 use crate::ops::split_axis;
 use crate::Tensor;
+use rayon::prelude::*;
+use std::cell::RefCell;
 
 /// Calls `f(o, i, lane)` for each softmax lane (the `len` elements along the axis at
 /// outer index `o`, inner index `i`), given as a gather of indices.
@@ -91,8 +93,8 @@ impl Op for Softmax {
 }
 
 struct CrossEntropy {
-    /// Softmax of the logits, [N, C].
-    probs: Vec<f32>,
+    /// Softmax of the logits, [N, C]; the backward turns it into the gradient in place.
+    probs: RefCell<Option<Vec<f32>>>,
     targets: Vec<u32>,
     ignore_index: Option<u32>,
     count: usize,
@@ -101,7 +103,7 @@ struct CrossEntropy {
 impl Tensor {
     /// Mean cross-entropy of logits `[N, C]` against class ids `targets` (length N).
     /// Rows whose target equals `ignore_index` add nothing and are not counted; when all
-    /// rows are ignored the loss is 0.
+    /// rows are ignored the loss is 0. Rows run in parallel (the LM's C is ~33k).
     pub fn cross_entropy(&self, targets: &[u32], ignore_index: Option<u32>) -> Result<Tensor> {
         let op = "cross_entropy";
         let [n, c] = *self.shape() else {
@@ -110,25 +112,29 @@ impl Tensor {
         if targets.len() != n {
             return Err(bad(op, format!("{} targets for {n} rows of logits", targets.len())));
         }
-        let x = self.data();
-        let mut probs = vec![0.0; n * c];
-        let (mut total, mut count) = (0.0f64, 0usize);
-        let lane: Vec<usize> = (0..c).collect();
-        for (r, &t) in targets.iter().enumerate() {
-            let row = &x[r * c..(r + 1) * c];
-            let lse = log_sum_exp(row, &lane);
-            row.iter().zip(&mut probs[r * c..(r + 1) * c]).for_each(|(&v, p)| *p = (v - lse).exp());
-            if Some(t) == ignore_index {
-                continue;
-            }
-            if t as usize >= c {
-                return Err(bad(op, format!("target {t} in row {r} is not a class id (C = {c})")));
-            }
-            total += (lse - row[t as usize]) as f64;
-            count += 1;
+        if let Some((r, t)) = targets.iter().enumerate().find(|&(_, &t)| Some(t) != ignore_index && t as usize >= c) {
+            return Err(bad(op, format!("target {t} in row {r} is not a class id (C = {c})")));
         }
+        let x = self.data();
+        let x: &[f32] = &x;
+        let mut probs = vec![0.0; n * c];
+        let lane: Vec<usize> = (0..c).collect();
+        // Per row: -log p(target), or None when ignored.
+        let row_losses: Vec<Option<f64>> = probs
+            .par_chunks_mut(c.max(1))
+            .zip(x.par_chunks(c.max(1)))
+            .zip(targets.par_iter())
+            .map(|((p, row), &t)| {
+                let lse = log_sum_exp(row, &lane);
+                row.iter().zip(p.iter_mut()).for_each(|(&v, p)| *p = (v - lse).exp());
+                (Some(t) != ignore_index).then(|| (lse - row[t as usize]) as f64)
+            })
+            .collect();
+        let count = row_losses.iter().flatten().count();
+        let total: f64 = row_losses.iter().flatten().sum();
         let loss = if count == 0 { 0.0 } else { (total / count as f64) as f32 };
-        Ok(Tensor::from_op(vec![loss], &[], &[self], CrossEntropy { probs, targets: targets.to_vec(), ignore_index, count }))
+        let op = CrossEntropy { probs: RefCell::new(Some(probs)), targets: targets.to_vec(), ignore_index, count };
+        Ok(Tensor::from_op(vec![loss], &[], &[self], op))
     }
 }
 
@@ -141,16 +147,16 @@ impl Op for CrossEntropy {
         let x = &inputs[0];
         let c = x.dim(1);
         let scale = if self.count == 0 { 0.0 } else { dout.item()? / self.count as f32 };
-        let mut dx = self.probs.clone();
-        for (r, &t) in self.targets.iter().enumerate() {
-            let row = &mut dx[r * c..(r + 1) * c];
-            if Some(t) == self.ignore_index {
+        let mut dx = self.probs.borrow_mut().take().ok_or_else(|| bad("cross_entropy", "backward ran twice through the same graph"))?;
+        let ignore = self.ignore_index;
+        dx.par_chunks_mut(c.max(1)).zip(self.targets.par_iter()).for_each(|(row, &t)| {
+            if Some(t) == ignore {
                 row.fill(0.0);
-                continue;
+                return;
             }
             row[t as usize] -= 1.0;
             row.iter_mut().for_each(|v| *v *= scale);
-        }
+        });
         Ok(vec![Some(Tensor::from_vec(dx, x.shape())?)])
     }
 }

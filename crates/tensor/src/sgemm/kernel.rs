@@ -25,9 +25,15 @@ pub const NR: usize = NV * 16;
 /// `c` must be valid for `rows` rows of `cols` floats at stride `ldc`.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn tile(
-    rows: usize, cols: usize, kc: usize,
-    a: *const f32, b: *const f32,
-    alpha: f32, beta: f32, c: *mut f32, ldc: usize,
+    rows: usize,
+    cols: usize,
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    alpha: f32,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
 ) {
     // Edge tiles with few rows run a shorter kernel instead of multiplying padding.
     // SAFETY: forwarded contract; R >= rows in every arm.
@@ -45,22 +51,28 @@ pub unsafe fn tile(
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_rows<const R: usize>(
-    rows: usize, cols: usize, kc: usize,
-    a: *const f32, b: *const f32,
-    alpha: f32, beta: f32, c: *mut f32, ldc: usize,
+    rows: usize,
+    cols: usize,
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    alpha: f32,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
 ) {
     let mut acc = [[_mm512_setzero_ps(); NV]; R];
     let mut bv = [_mm512_setzero_ps(); NV];
     for p in 0..kc {
         // SAFETY: p < kc, so p*NR + NR <= kc*NR floats of b and p*MR + R <= kc*MR of a.
         unsafe {
-            for v in 0..NV {
-                bv[v] = _mm512_loadu_ps(b.add(p * NR + v * 16));
+            for (v, b_v) in bv.iter_mut().enumerate() {
+                *b_v = _mm512_loadu_ps(b.add(p * NR + v * 16));
             }
-            for i in 0..R {
-                let ai = _mm512_set1_ps(*a.add(p * MR + i));
-                for v in 0..NV {
-                    acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
+            for (i, acc_row) in acc.iter_mut().enumerate() {
+                let a_i = _mm512_set1_ps(*a.add(p * MR + i));
+                for (acc_v, &b_v) in acc_row.iter_mut().zip(&bv) {
+                    *acc_v = _mm512_fmadd_ps(a_i, b_v, *acc_v);
                 }
             }
         }
@@ -73,7 +85,11 @@ unsafe fn tile_rows<const R: usize>(
                 break;
             }
             // Lanes lo..cols of this vector are inside the tile.
-            let mask: __mmask16 = if cols - lo >= 16 { 0xffff } else { (1u16 << (cols - lo)) - 1 };
+            let mask: __mmask16 = if cols - lo >= 16 {
+                0xffff
+            } else {
+                (1u16 << (cols - lo)) - 1
+            };
             // SAFETY: row i < rows and lanes < cols lie inside C (caller's contract); the
             // masked load/store touch no other lanes.
             unsafe {

@@ -23,7 +23,17 @@ mod kernel {
     pub const MR: usize = 8;
     pub const NR: usize = 48;
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn tile(_: usize, _: usize, _: usize, _: *const f32, _: *const f32, _: f32, _: f32, _: *mut f32, _: usize) {
+    pub unsafe fn tile(
+        _: usize,
+        _: usize,
+        _: usize,
+        _: *const f32,
+        _: *const f32,
+        _: f32,
+        _: f32,
+        _: *mut f32,
+        _: usize,
+    ) {
         unreachable!("sgemm: the AVX-512 kernel called on a non-x86-64 CPU")
     }
 }
@@ -89,7 +99,12 @@ impl PackedB {
             // One panel as wide as B is plain row-major.
             Path::Portable => pack::pack_panels(b, b.cols.max(1)),
         };
-        PackedB { k: b.rows, n: b.cols, path, data }
+        PackedB {
+            k: b.rows,
+            n: b.cols,
+            path,
+            data,
+        }
     }
 
     /// Rows of B (the inner dimension K).
@@ -109,15 +124,22 @@ impl PackedB {
 /// Panics (naming the shapes) if the dimensions disagree.
 pub fn gemm_packed(alpha: f32, a: MatRef, b: &PackedB, beta: f32, c: &mut [f32]) {
     let (m, k, n) = (a.rows, a.cols, b.n);
-    assert_eq!(k, b.k, "sgemm: inner dimensions differ: A is [{m}x{k}], B is [{}x{n}]", b.k);
-    assert_eq!(c.len(), m * n, "sgemm: C has {} elements, expected [{m}x{n}]", c.len());
+    assert_eq!(
+        k, b.k,
+        "sgemm: inner dimensions differ: A is [{m}x{k}], B is [{}x{n}]",
+        b.k
+    );
+    assert_eq!(
+        c.len(),
+        m * n,
+        "sgemm: C has {} elements, expected [{m}x{n}]",
+        c.len()
+    );
     check(a, "A");
     match b.path {
         Path::Portable => {
             crate::gemm::sgemm(alpha, a, MatRef::new(b.data.as_slice(), k, n), beta, c)
         }
-        Path::Avx512 if m == 0 || n == 0 => {}
-        Path::Avx512 if k == 0 => scale(c, beta),
         Path::Avx512 => blocked(alpha, a, BSrc::Packed(b.data.as_slice()), beta, c, n),
     }
 }
@@ -126,16 +148,26 @@ pub fn gemm_packed(alpha: f32, a: MatRef, b: &PackedB, beta: f32, c: &mut [f32])
 ///
 /// Same contract as [`crate::gemm::sgemm`]; prefer [`gemm_packed`] when B is reused.
 pub fn gemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32]) {
-    assert_eq!(a.cols, b.rows, "sgemm: inner dimensions differ: A is [{}x{}], B is [{}x{}]", a.rows, a.cols, b.rows, b.cols);
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(
+        k, b.rows,
+        "sgemm: inner dimensions differ: A is [{m}x{k}], B is [{}x{n}]",
+        b.rows
+    );
     match detect() {
         Path::Portable => crate::gemm::sgemm(alpha, a, b, beta, c),
         // One row block: each task packs its own B panels as it goes, so every B element
         // is copied once, while still in cache. More: pack B once, share it across row blocks.
-        Path::Avx512 if a.rows <= MC && b.rows > 0 => {
-            assert_eq!(c.len(), a.rows * b.cols, "sgemm: C has {} elements, expected [{}x{}]", c.len(), a.rows, b.cols);
+        Path::Avx512 if m <= MC => {
+            assert_eq!(
+                c.len(),
+                m * n,
+                "sgemm: C has {} elements, expected [{m}x{n}]",
+                c.len()
+            );
             check(a, "A");
             check(b, "B");
-            blocked(alpha, a, BSrc::Raw(b), beta, c, b.cols)
+            blocked(alpha, a, BSrc::Raw(b), beta, c, n)
         }
         Path::Avx512 => gemm_packed(alpha, a, &PackedB::pack_for(b, Path::Avx512), beta, c),
     }
@@ -157,32 +189,67 @@ enum BSrc<'a> {
     Raw(MatRef<'a>),
 }
 
-/// The AVX-512 product `C[M,N] = alpha * A · B + beta * C` for `M, K, N >= 1`.
+/// The AVX-512 product `C[M,N] = alpha * A · B + beta * C`, operands already checked.
 fn blocked(alpha: f32, a: MatRef, b: BSrc, beta: f32, c: &mut [f32], n: usize) {
     let (m, k) = (a.rows, a.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        scale(c, beta);
+        return;
+    }
     let threads = rayon::current_num_threads();
     let serial = threads == 1 || m * n * k < PARALLEL_MIN_MACS;
     // Column blocks: at most NC wide, and enough of them for two tasks per thread.
     let m_blocks = m.div_ceil(MC);
     let n_panels = n.div_ceil(NR);
-    let want = if serial { 1 } else { (2 * threads).div_ceil(m_blocks) };
+    let want = if serial {
+        1
+    } else {
+        (2 * threads).div_ceil(m_blocks)
+    };
     let n_blocks = want.max(n.div_ceil(NC)).min(n_panels);
     let nc = n_panels.div_ceil(n_blocks) * NR;
     let n_blocks = n.div_ceil(nc);
     let kc = k.div_ceil(k.div_ceil(KC));
-    let product = Product { alpha, beta, a, b, k, n, kc, out: OutPtr(c.as_mut_ptr()) };
+    let product = Product {
+        alpha,
+        beta,
+        a,
+        b,
+        k,
+        n,
+        kc,
+        out: OutPtr(c.as_mut_ptr()),
+    };
     // Task t covers rows ib*MC.., columns jb*nc..; consecutive tasks share B columns, so
     // rayon's halving hands each thread its own half of B.
-    let task = |t: usize| {
+    let task = |scratch: &mut Scratch, t: usize| {
         let (jb, ib) = (t / m_blocks, t % m_blocks);
+        let (rows, cols) = (ib * MC..m.min((ib + 1) * MC), jb * nc..n.min((jb + 1) * nc));
         // SAFETY: blocks of different tasks are disjoint and lie inside the m*n C.
-        unsafe { product.block(ib * MC..m.min((ib + 1) * MC), jb * nc..n.min((jb + 1) * nc)) };
+        unsafe { product.block(scratch, rows, cols) };
+    };
+    // Packing buffers, allocated once per thread (per rayon split), not per task.
+    let new_scratch = || Scratch {
+        a: AlignedBuf::zeros(pack::packed_len(kc, m.min(MC), MR)),
+        b: AlignedBuf::zeros(if let BSrc::Raw(_) = b { kc * NR } else { 0 }),
     };
     if serial {
-        (0..m_blocks * n_blocks).for_each(task);
+        let mut scratch = new_scratch();
+        (0..m_blocks * n_blocks).for_each(|t| task(&mut scratch, t));
     } else {
-        (0..m_blocks * n_blocks).into_par_iter().for_each(task);
+        (0..m_blocks * n_blocks)
+            .into_par_iter()
+            .for_each_init(new_scratch, task);
     }
+}
+
+/// One thread's packing buffers: an A block, and a B micro-panel when B comes unpacked.
+struct Scratch {
+    a: AlignedBuf,
+    b: AlignedBuf,
 }
 
 /// Everything the tasks of one product share.
@@ -205,24 +272,31 @@ impl Product<'_> {
     ///
     /// # Safety
     /// No other thread may touch this block of C during the call; AVX-512F must be available.
-    unsafe fn block(&self, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
+    unsafe fn block(
+        &self,
+        scratch: &mut Scratch,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+    ) {
         let (k, n) = (self.k, self.n);
-        let mut a_block = AlignedBuf::zeros(pack::packed_len(self.kc, rows.len(), MR));
-        let mut b_scratch = AlignedBuf::zeros(if let BSrc::Raw(_) = self.b { self.kc * NR } else { 0 });
         for pc in (0..k).step_by(self.kc) {
             let kc = self.kc.min(k - pc);
             // Later K slices accumulate onto the first one's result.
             let beta = if pc == 0 { self.beta } else { 1.0 };
             // A^T [kc, rows] in MR-wide panels: panel r holds rows.start + r*MR .., [kc][MR].
-            pack::pack_into(pack::sub_view(self.a.t(), pc, rows.start, kc, rows.len()), MR, a_block.as_mut_slice());
-            let ap = a_block.as_slice();
+            pack::pack_into(
+                pack::sub_view(self.a.t(), pc, rows.start, kc, rows.len()),
+                MR,
+                scratch.a.as_mut_slice(),
+            );
+            let ap = scratch.a.as_slice();
             for j in cols.clone().step_by(NR) {
                 let b_panel = match self.b {
                     BSrc::Packed(bp) => &bp[(j / NR) * k * NR + pc * NR..][..kc * NR],
                     BSrc::Raw(bm) => {
                         let src = pack::sub_view(bm, pc, j, kc, NR.min(n - j));
-                        pack::pack_into(src, NR, b_scratch.as_mut_slice());
-                        &b_scratch.as_slice()[..kc * NR]
+                        pack::pack_into(src, NR, scratch.b.as_mut_slice());
+                        &scratch.b.as_slice()[..kc * NR]
                     }
                 };
                 for i in rows.clone().step_by(MR) {
@@ -232,8 +306,15 @@ impl Product<'_> {
                     // tile (i.., j..) lies inside this block of the [M, n] C (caller's contract).
                     unsafe {
                         kernel::tile(
-                            tile_rows, tile_cols, kc, a_panel.as_ptr(), b_panel.as_ptr(),
-                            self.alpha, beta, self.out.0.add(i * n + j), n,
+                            tile_rows,
+                            tile_cols,
+                            kc,
+                            a_panel.as_ptr(),
+                            b_panel.as_ptr(),
+                            self.alpha,
+                            beta,
+                            self.out.0.add(i * n + j),
+                            n,
                         )
                     };
                 }
@@ -246,7 +327,13 @@ impl Product<'_> {
 fn check(x: MatRef, what: &str) {
     if x.rows > 0 && x.cols > 0 {
         let last = (x.rows - 1) * x.rs + (x.cols - 1) * x.cs;
-        assert!(last < x.data.len(), "sgemm: operand {what} [{}x{}] overruns its buffer of {}", x.rows, x.cols, x.data.len());
+        assert!(
+            last < x.data.len(),
+            "sgemm: operand {what} [{}x{}] overruns its buffer of {}",
+            x.rows,
+            x.cols,
+            x.data.len()
+        );
     }
 }
 

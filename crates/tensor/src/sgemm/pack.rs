@@ -50,10 +50,17 @@ pub fn pack_panels(src: MatRef, w: usize) -> AlignedBuf {
     if src.rows * src.cols >= 1 << 18 {
         // 8 panels per task keep row-major reads a few cache lines long.
         let group = 8 * w;
-        out.as_mut_slice().par_chunks_mut(src.rows * group).enumerate().for_each(|(g, dst)| {
-            let c0 = g * group;
-            pack_into(sub_view(src, 0, c0, src.rows, group.min(src.cols - c0)), w, dst)
-        });
+        out.as_mut_slice()
+            .par_chunks_mut(src.rows * group)
+            .enumerate()
+            .for_each(|(g, dst)| {
+                let c0 = g * group;
+                pack_into(
+                    sub_view(src, 0, c0, src.rows, group.min(src.cols - c0)),
+                    w,
+                    dst,
+                )
+            });
     } else {
         pack_into(src, w, out.as_mut_slice());
     }
@@ -62,8 +69,17 @@ pub fn pack_panels(src: MatRef, w: usize) -> AlignedBuf {
 
 /// The `rows x cols` block of `m` whose top-left element is `(r0, c0)`.
 pub fn sub_view(m: MatRef, r0: usize, c0: usize, rows: usize, cols: usize) -> MatRef {
-    let start = if rows > 0 && cols > 0 { r0 * m.rs + c0 * m.cs } else { 0 };
-    MatRef { data: &m.data[start..], rows, cols, ..m }
+    let start = if rows > 0 && cols > 0 {
+        r0 * m.rs + c0 * m.cs
+    } else {
+        0
+    };
+    MatRef {
+        data: &m.data[start..],
+        rows,
+        cols,
+        ..m
+    }
 }
 
 /// Packs `src` into panels of width `w` at the start of `dst`, on the calling thread.
@@ -84,13 +100,24 @@ pub fn pack_into(src: MatRef, w: usize, dst: &mut [f32]) {
             }
         }
     } else {
-        // Strided rows (a transposed view): gather each panel row from its `w` columns,
-        // which the loop reads as `w` sequential streams, and write it contiguously.
-        for (p, panel) in dst.chunks_exact_mut(panel_len).take(cols.div_ceil(w)).enumerate() {
+        // Strided rows (a transposed view): copy 16-row bands, one column run at a time.
+        // Each run is a cache line or two read once; walking whole panel rows instead
+        // keeps `w` strided streams live, which thrashes the cache sets when the stride
+        // is a multiple of a large power of two (K = 256, 1024, ...).
+        const BAND: usize = 16;
+        for (p, panel) in dst
+            .chunks_exact_mut(panel_len)
+            .take(cols.div_ceil(w))
+            .enumerate()
+        {
             let width = w.min(cols - p * w);
-            for (r, out) in panel.chunks_exact_mut(w).enumerate() {
-                for (x, o) in out[..width].iter_mut().enumerate() {
-                    *o = src.data[r * src.rs + (p * w + x) * src.cs];
+            for r0 in (0..rows).step_by(BAND) {
+                let band = r0..(r0 + BAND).min(rows);
+                for x in 0..width {
+                    let col = &src.data[(p * w + x) * src.cs..];
+                    for r in band.clone() {
+                        panel[r * w + x] = col[r * src.rs];
+                    }
                 }
             }
         }

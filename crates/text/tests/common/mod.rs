@@ -6,13 +6,16 @@ use std::path::PathBuf;
 /// The shared data directory (`$ULMFIT_DATA`, default `<workspace>/../shared/data`), or `None`
 /// after printing a skip line when it is missing.
 pub fn data_dir(test: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("ULMFIT_DATA").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
-    });
+    let dir = std::env::var_os("ULMFIT_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
     if dir.join("README.md").exists() {
         Some(dir)
     } else {
-        println!("SKIP {test}: data dir {} not found (set ULMFIT_DATA)", dir.display());
+        println!(
+            "SKIP {test}: data dir {} not found (set ULMFIT_DATA)",
+            dir.display()
+        );
         None
     }
 }

@@ -1,0 +1,201 @@
+//! The LM step's kernels (`kernels/lm_*.cu`): compiled by NVRTC once per process as one
+//! source (lm_hash.cu first), loaded into the GPU's context, and one launch wrapper per
+//! kernel with the kernel's name. Every pointer argument is a raw device address into a
+//! buffer the caller owns and sized as the kernel's header comment says.
+
+use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
+
+use crate::device::{compile_cached, ptx_arch, Gpu};
+use crate::error::{DriverContext, Result};
+
+/// The LM kernel sources, in the order NVRTC sees them.
+pub const LM_CU: &str = concat!(
+    include_str!("../../../../kernels/lm_hash.cu"),
+    include_str!("../../../../kernels/lm_dropout.cu"),
+    include_str!("../../../../kernels/lm_loss.cu"),
+    include_str!("../../../../kernels/lm_optim.cu"),
+);
+
+/// Name under which the sources are compiled and cached.
+pub const LM_CU_NAME: &str = "kernels/lm_*.cu";
+
+/// Every kernel name in `LM_CU`.
+pub const NAMES: [&str; 11] = [
+    "lm_dropout",
+    "lm_embed_fwd",
+    "lm_embed_bwd",
+    "lm_reg_fwd",
+    "lm_xent",
+    "lm_loss_sum",
+    "lm_reg_bwd",
+    "lm_step_begin",
+    "lm_sumsq_partial",
+    "lm_clip_scale",
+    "lm_adam",
+];
+
+/// Blocks of `lm_sumsq_partial`: the length of its partial-sum buffer.
+pub const NORM_BLOCKS: usize = 1024;
+/// Threads per block of the elementwise and row kernels.
+const BLOCK: u32 = 256;
+/// Threads per block of the vocabulary-row and single-block kernels.
+const WIDE: u32 = 1024;
+/// Most blocks of a grid-stride kernel (16 per SM of an H200 is plenty).
+const MAX_BLOCKS: usize = 132 * 16;
+
+/// One kernel argument, by value.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    /// A device address.
+    Ptr(u64),
+    /// `int`
+    I32(i32),
+    /// `long long`
+    I64(i64),
+    /// `unsigned int`
+    U32(u32),
+    /// `unsigned long long`
+    U64(u64),
+    /// `float`
+    F32(f32),
+}
+
+/// The loaded LM kernels, indexed like [`NAMES`].
+pub struct LmKernels {
+    funcs: Vec<CudaFunction>,
+}
+
+/// Grid for a grid-stride loop over `n` elements.
+fn stride_grid(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// `blocks` blocks of `threads`.
+fn blocks(blocks: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+}
+
+impl LmKernels {
+    /// Compiles (once per process) and loads the LM kernels into `gpu`'s context.
+    pub fn load(gpu: &Gpu) -> Result<Self> {
+        let (major, minor) = gpu.stream().context().compute_capability().op("compute capability")?;
+        let ptx = compile_cached(LM_CU_NAME, LM_CU, &ptx_arch(major, minor))?;
+        let module = gpu.stream().context().load_module(ptx).op("load kernels/lm_*.cu PTX")?;
+        let funcs = NAMES
+            .iter()
+            .map(|name| module.load_function(name).op(&format!("load {name}")))
+            .collect::<Result<_>>()?;
+        Ok(LmKernels { funcs })
+    }
+
+    /// Launches kernel `name` with `args` in the kernel's parameter order.
+    fn launch(&self, gpu: &Gpu, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+        let k = NAMES.iter().position(|n| *n == name).expect("kernel name is in NAMES");
+        let mut lb = gpu.stream().launch_builder(&self.funcs[k]);
+        for a in args {
+            match a {
+                Arg::Ptr(v) | Arg::U64(v) => lb.arg(v),
+                Arg::I32(v) => lb.arg(v),
+                Arg::I64(v) => lb.arg(v),
+                Arg::U32(v) => lb.arg(v),
+                Arg::F32(v) => lb.arg(v),
+            };
+        }
+        // SAFETY: each wrapper below passes the arguments in the order and with the types
+        // of the kernel's signature in kernels/lm_*.cu, and addresses of live device
+        // buffers at least as long as the kernel's header comment says.
+        unsafe { lb.launch(cfg) }.map(|_| ()).op(name)
+    }
+
+    /// `lm_dropout`: out[k] = inp[k] * mask(k % period), n elements (out may equal inp).
+    #[allow(clippy::too_many_arguments)]
+    pub fn lm_dropout(&self, gpu: &Gpu, out: u64, inp: u64, n: usize, period: usize, p: f32, mask: u32, seed: u64, step: u64) -> Result<()> {
+        let args = [Arg::Ptr(out), Arg::Ptr(inp), Arg::I64(n as i64), Arg::I64(period as i64), Arg::F32(p), Arg::U32(mask), Arg::U64(seed), Arg::Ptr(step)];
+        self.launch(gpu, "lm_dropout", stride_grid(n), &args)
+    }
+
+    /// Arguments shared by `lm_embed_fwd` and `lm_embed_bwd` after the first two pointers.
+    #[allow(clippy::too_many_arguments)]
+    fn embed_args(ids: u64, tb: usize, b: usize, e: usize, p_word: f32, t_word: u32, p_input: f32, t_input: u32, seed: u64, step: u64) -> [Arg; 10] {
+        [Arg::Ptr(ids), Arg::I32(tb as i32), Arg::I32(b as i32), Arg::I32(e as i32), Arg::F32(p_word), Arg::U32(t_word), Arg::F32(p_input), Arg::U32(t_input), Arg::U64(seed), Arg::Ptr(step)]
+    }
+
+    /// `lm_embed_fwd`: x [T*B, E] = emb[ids] with word and input dropout.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lm_embed_fwd(&self, gpu: &Gpu, x: u64, emb: u64, ids: u64, tb: usize, b: usize, e: usize, masks: [(f32, u32); 2], seed: u64, step: u64) -> Result<()> {
+        let [(pw, tw), (pi, ti)] = masks;
+        let mut args = vec![Arg::Ptr(x), Arg::Ptr(emb)];
+        args.extend(Self::embed_args(ids, tb, b, e, pw, tw, pi, ti, seed, step));
+        self.launch(gpu, "lm_embed_fwd", stride_grid(tb * e), &args)
+    }
+
+    /// `lm_embed_bwd`: demb [V, E] += scatter of dx [T*B, E] through the same masks.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lm_embed_bwd(&self, gpu: &Gpu, demb: u64, dx: u64, ids: u64, tb: usize, b: usize, e: usize, masks: [(f32, u32); 2], seed: u64, step: u64) -> Result<()> {
+        let [(pw, tw), (pi, ti)] = masks;
+        let mut args = vec![Arg::Ptr(demb), Arg::Ptr(dx)];
+        args.extend(Self::embed_args(ids, tb, b, e, pw, tw, pi, ti, seed, step));
+        // One thread per column when E <= 1024, so each row's scan over the ids runs once.
+        let threads = (e.div_ceil(32) * 32).min(WIDE as usize) as u32;
+        self.launch(gpu, "lm_embed_bwd", blocks(tb, threads), &args)
+    }
+
+    /// `lm_reg_fwd`: dropped = raw * output mask, per-row AR and TAR sums.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lm_reg_fwd(&self, gpu: &Gpu, dropped: u64, ar: u64, tar: u64, raw: u64, n: usize, b: usize, e: usize, p_out: f32, t_out: u32, seed: u64, step: u64) -> Result<()> {
+        let args = [Arg::Ptr(dropped), Arg::Ptr(ar), Arg::Ptr(tar), Arg::Ptr(raw), Arg::I32(b as i32), Arg::I32(e as i32), Arg::F32(p_out), Arg::U32(t_out), Arg::U64(seed), Arg::Ptr(step)];
+        self.launch(gpu, "lm_reg_fwd", blocks(n, 128), &args)
+    }
+
+    /// `lm_xent`: per row, softmax cross-entropy into ce [N] and dL/dlogits in place.
+    pub fn lm_xent(&self, gpu: &Gpu, logits: u64, ce: u64, bias: u64, targets: u64, n: usize, v: usize) -> Result<()> {
+        let args = [Arg::Ptr(logits), Arg::Ptr(ce), Arg::Ptr(bias), Arg::Ptr(targets), Arg::I32(v as i32), Arg::F32(1.0 / n as f32)];
+        self.launch(gpu, "lm_xent", blocks(n, WIDE), &args)
+    }
+
+    /// `lm_loss_sum`: out [4] = (total, ce, alpha AR, beta TAR) from the row sums.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lm_loss_sum(&self, gpu: &Gpu, out: u64, ce: u64, ar: u64, tar: u64, n: usize, alpha: f32, ar_div: f32, beta: f32, tar_div: f32) -> Result<()> {
+        let args = [Arg::Ptr(out), Arg::Ptr(ce), Arg::Ptr(ar), Arg::Ptr(tar), Arg::I32(n as i32), Arg::F32(alpha), Arg::F32(ar_div), Arg::F32(beta), Arg::F32(tar_div)];
+        self.launch(gpu, "lm_loss_sum", blocks(1, WIDE), &args)
+    }
+
+    /// `lm_reg_bwd`: dy [T*B, E] = dL/draw through output dropout, AR and TAR.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lm_reg_bwd(&self, gpu: &Gpu, dy: u64, ddropped: u64, dropped: u64, raw: u64, tbe: [usize; 3], reg: [f32; 4], p_out: f32, t_out: u32, seed: u64, step: u64) -> Result<()> {
+        let [t, b, e] = tbe;
+        let [alpha, ar_div, beta, tar_div] = reg;
+        let args = [
+            Arg::Ptr(dy), Arg::Ptr(ddropped), Arg::Ptr(dropped), Arg::Ptr(raw),
+            Arg::I32(t as i32), Arg::I32(b as i32), Arg::I32(e as i32),
+            Arg::F32(alpha), Arg::F32(ar_div), Arg::F32(beta), Arg::F32(tar_div),
+            Arg::F32(p_out), Arg::U32(t_out), Arg::U64(seed), Arg::Ptr(step),
+        ];
+        self.launch(gpu, "lm_reg_bwd", stride_grid(t * b * e), &args)
+    }
+
+    /// `lm_step_begin`: step += 1.
+    pub fn lm_step_begin(&self, gpu: &Gpu, step: u64) -> Result<()> {
+        self.launch(gpu, "lm_step_begin", blocks(1, 1), &[Arg::Ptr(step)])
+    }
+
+    /// `lm_sumsq_partial`: partial [NORM_BLOCKS] sums of g^2 over g [n].
+    pub fn lm_sumsq_partial(&self, gpu: &Gpu, partial: u64, g: u64, n: usize) -> Result<()> {
+        let args = [Arg::Ptr(partial), Arg::Ptr(g), Arg::I64(n as i64)];
+        self.launch(gpu, "lm_sumsq_partial", blocks(NORM_BLOCKS, BLOCK), &args)
+    }
+
+    /// `lm_clip_scale`: clip [2] = (norm, factor) from the partial sums.
+    pub fn lm_clip_scale(&self, gpu: &Gpu, clip: u64, partial: u64, hyper: u64) -> Result<()> {
+        let args = [Arg::Ptr(clip), Arg::Ptr(partial), Arg::I32(NORM_BLOCKS as i32), Arg::Ptr(hyper)];
+        self.launch(gpu, "lm_clip_scale", blocks(1, WIDE), &args)
+    }
+
+    /// `lm_adam`: the fused Adam(W) update of w, m, v [n] from grad [n].
+    #[allow(clippy::too_many_arguments)]
+    pub fn lm_adam(&self, gpu: &Gpu, w: u64, m: u64, v: u64, grad: u64, n: usize, clip: u64, hyper: u64, step: u64) -> Result<()> {
+        let args = [Arg::Ptr(w), Arg::Ptr(m), Arg::Ptr(v), Arg::Ptr(grad), Arg::I64(n as i64), Arg::Ptr(clip), Arg::Ptr(hyper), Arg::Ptr(step)];
+        self.launch(gpu, "lm_adam", stride_grid(n), &args)
+    }
+}

@@ -1,0 +1,25 @@
+//! The AWD-LSTM language-model training step on the GPU (fastai's `awd_lstm_lm_config`):
+//! embedding with embedding and input dropout, LSTM layers (the fused layer of
+//! `crate::lstm`'s plans) with DropConnect on W_hh and hidden dropout, output dropout, tied
+//! decoder, fused softmax + cross-entropy, AR and TAR, global-norm clipping and one fused
+//! Adam(W) kernel. All of it device-resident; masks from a counter-based hash.
+//!
+//! - [`config`]: sizes, dropouts, optimizer settings, errors.
+//! - [`params`]: host weights and the flat device layout.
+//! - [`mask`]: the hash every mask is drawn from (twin of `kernels/lm_hash.cu`).
+//! - [`reference`]: the step in plain loops: the spec.
+//! - [`kernels`]: `kernels/lm_*.cu`, compiled once, one launch wrapper per kernel.
+//! - `layer`: one LSTM layer on the flat buffers.
+//! - [`model`]: [`LmCuda`], the step, forward then backward then update, or CUDA graphs.
+
+pub mod config;
+pub mod kernels;
+mod layer;
+pub mod mask;
+pub mod model;
+pub mod params;
+pub mod reference;
+
+pub use config::{Dropouts, Hyper, LmConfig, LmError};
+pub use model::LmCuda;
+pub use params::LmWeights;

@@ -1,0 +1,129 @@
+//! The LM's parameters on the host, and their layout in the one flat device buffer that the
+//! clipping and Adam kernels sweep: embedding [V, E] (also the tied decoder weight), decoder
+//! bias [V], then per layer w_ih [4H, I], w_hh [4H, H] (before DropConnect), b_ih, b_hh [4H].
+//! Gradients use the same type and layout.
+
+use ulmfit_lstm::LayerWeights;
+
+use super::config::LmConfig;
+use super::mask::{mask_key, unit};
+
+/// Every parameter (or gradient) of the LM, host side.
+#[derive(Clone, Debug)]
+pub struct LmWeights {
+    /// [V, E]
+    pub emb: Vec<f32>,
+    /// [V]
+    pub dec_bias: Vec<f32>,
+    /// Bottom layer first.
+    pub layers: Vec<LayerWeights>,
+}
+
+impl LmWeights {
+    /// fastai's init: embedding uniform(-0.1, 0.1), decoder bias 0, LSTM weights
+    /// uniform(-1/sqrt(H), 1/sqrt(H)) (`LayerWeights::init`). Depends only on `seed`.
+    pub fn init(cfg: &LmConfig, seed: u64) -> Self {
+        let key = mask_key(seed, 0, u32::MAX);
+        let emb = (0..cfg.vocab * cfg.emb).map(|k| (unit(key, k as u64) * 2.0 - 1.0) * 0.1).collect();
+        let layers = cfg
+            .layer_dims()
+            .iter()
+            .enumerate()
+            .map(|(l, d)| LayerWeights::init(d.i, d.h, seed.wrapping_add(1 + l as u64)))
+            .collect();
+        LmWeights { emb, dec_bias: vec![0.0; cfg.vocab], layers }
+    }
+
+    /// All zeros, shaped for `cfg`.
+    pub fn zeros(cfg: &LmConfig) -> Self {
+        let layers = cfg
+            .layer_dims()
+            .iter()
+            .map(|d| LayerWeights {
+                i: d.i,
+                h: d.h,
+                w_ih: vec![0.0; 4 * d.h * d.i],
+                w_hh: vec![0.0; 4 * d.h * d.h],
+                b_ih: vec![0.0; 4 * d.h],
+                b_hh: vec![0.0; 4 * d.h],
+            })
+            .collect();
+        LmWeights { emb: vec![0.0; cfg.vocab * cfg.emb], dec_bias: vec![0.0; cfg.vocab], layers }
+    }
+
+    /// Each tensor with a name, in flat-buffer order.
+    pub fn named(&self) -> Vec<(String, &[f32])> {
+        let mut out: Vec<(String, &[f32])> = vec![("emb".into(), &self.emb), ("dec_bias".into(), &self.dec_bias)];
+        for (l, w) in self.layers.iter().enumerate() {
+            out.push((format!("w_ih{l}"), &w.w_ih));
+            out.push((format!("w_hh{l}"), &w.w_hh));
+            out.push((format!("b_ih{l}"), &w.b_ih));
+            out.push((format!("b_hh{l}"), &w.b_hh));
+        }
+        out
+    }
+
+    fn parts_mut(&mut self) -> Vec<&mut Vec<f32>> {
+        let mut out = vec![&mut self.emb, &mut self.dec_bias];
+        for w in &mut self.layers {
+            out.extend([&mut w.w_ih, &mut w.w_hh, &mut w.b_ih, &mut w.b_hh]);
+        }
+        out
+    }
+
+    /// The flat buffer [P].
+    pub fn flatten(&self) -> Vec<f32> {
+        self.named().into_iter().flat_map(|(_, v)| v.iter().copied()).collect()
+    }
+
+    /// Refills every tensor from a flat buffer of the same layout.
+    pub fn unflatten(&mut self, flat: &[f32]) {
+        assert_eq!(flat.len(), self.len(), "LmWeights::unflatten: flat buffer length");
+        let mut at = 0;
+        for part in self.parts_mut() {
+            let len = part.len();
+            part.copy_from_slice(&flat[at..at + len]);
+            at += len;
+        }
+    }
+
+    /// P, the number of parameters.
+    pub fn len(&self) -> usize {
+        self.named().iter().map(|(_, v)| v.len()).sum()
+    }
+
+    /// Whether there are no parameters (never, for a valid config).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where each tensor sits in the flat buffer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Layout {
+    /// Offset of the embedding (0).
+    pub emb: usize,
+    /// Offset of the decoder bias.
+    pub dec_bias: usize,
+    /// Per layer, offsets of (w_ih, w_hh, b_ih, b_hh).
+    pub layers: Vec<[usize; 4]>,
+    /// P.
+    pub total: usize,
+}
+
+impl Layout {
+    /// The layout of `LmWeights::flatten` for `cfg`.
+    pub fn new(cfg: &LmConfig) -> Self {
+        let mut at = cfg.vocab * cfg.emb;
+        let dec_bias = at;
+        at += cfg.vocab;
+        let mut layers = Vec::new();
+        for d in cfg.layer_dims() {
+            let g = 4 * d.h;
+            let offs = [at, at + g * d.i, at + g * d.i + g * d.h, at + g * d.i + g * d.h + g];
+            at = offs[3] + g;
+            layers.push(offs);
+        }
+        Layout { emb: 0, dec_bias, layers, total: at }
+    }
+}

@@ -1,0 +1,178 @@
+//! The training stages of a ULMFiT run, each a loop over epochs with a scheduled Adam,
+//! validation after every epoch, one metrics row per epoch and a progress line:
+//! `fit_lm` (pretraining and LM fine-tuning) and `fit_classifier` (gradual unfreezing).
+
+use std::time::Instant;
+
+use anyhow::{ensure, Result};
+use ulmfit_tensor::optim::{Adam, ParamGroup};
+use ulmfit_tensor::Rng;
+use ulmfit_text::batch::sorted_order;
+use ulmfit_text::{Bptt, Corpus, LmStream};
+
+use crate::awd_lstm::LanguageModel;
+use crate::classifier::{Classifier, DocBatch};
+use crate::metrics::{EpochMetrics, MetricsLog};
+use crate::progress::EpochProgress;
+use crate::schedule::{FreezeStage, Schedule};
+use crate::train::{classifier_probs, classifier_train_step, lm_evaluate, lm_train_step, StepConfig};
+
+/// How one stage trains: epochs, the peak LR of each parameter group (bottom first),
+/// which groups train, the schedule and the step's regularisation.
+pub struct StagePlan {
+    /// Name in metrics and progress lines (`pretrain`, `finetune-lm-frozen`, ...).
+    pub name: String,
+    /// Epochs of this stage.
+    pub epochs: usize,
+    /// Peak LR per parameter group.
+    pub peaks: Vec<f32>,
+    /// Groups counted from the top that train (usize::MAX: all).
+    pub trainable_from_top: usize,
+    /// LR (and beta1) schedule over the stage's steps.
+    pub schedule: Schedule,
+    /// Decoupled weight decay.
+    pub wd: f32,
+    /// Clip, AR, TAR.
+    pub step: StepConfig,
+}
+
+/// Adam over `groups` with fastai's eps and second-moment decay.
+pub fn adam(groups: Vec<Vec<ulmfit_tensor::Tensor>>, sqr_mom: f32, eps: f32) -> Adam {
+    let groups = groups.into_iter().map(|params| ParamGroup { params, lr: 0.0, betas: (0.9, sqr_mom), weight_decay: 0.0 }).collect();
+    Adam::new(groups, eps)
+}
+
+fn prepare(opt: &mut Adam, plan: &StagePlan) -> Result<()> {
+    ensure!(plan.peaks.len() == opt.groups.len(), "stage {}: {} learning rates for {} parameter groups", plan.name, plan.peaks.len(), opt.groups.len());
+    FreezeStage { trainable_groups_from_top: plan.trainable_from_top, epochs: plan.epochs, lr_max: 0.0, lr_div: 1.0 }.apply(&opt.groups)?;
+    opt.groups.iter_mut().for_each(|g| g.weight_decay = plan.wd);
+    Ok(())
+}
+
+/// Trains the language model on `train` for the plan's epochs (fixed BPTT `bptt`, batch
+/// `bs`), validating on `valid` after each epoch. Returns the last (loss, accuracy).
+#[allow(clippy::too_many_arguments)] // one stage's data, model, optimizer and bookkeeping
+pub fn fit_lm(model: &mut LanguageModel, opt: &mut Adam, plan: &StagePlan, train: &Corpus, valid: &Corpus, bs: usize, bptt: usize, seed: u64, log: &mut MetricsLog) -> Result<(f32, f32)> {
+    prepare(opt, plan)?;
+    ensure!(train.ids.len() > bs * 2 && valid.ids.len() > bs * 2, "stage {}: the corpus is too small for batch size {bs}", plan.name);
+    let batches_per_epoch = LmStream::new(train, bs, Bptt::Fixed(bptt), false, seed, 0).count();
+    let total = plan.epochs * batches_per_epoch;
+    let mut rng = Rng::new(seed ^ 0x5eed);
+    let mut last = (f32::NAN, 0.0);
+    for epoch in 0..plan.epochs {
+        model.encoder.reset();
+        let start = Instant::now();
+        let mut progress = EpochProgress::new(&plan.name, batches_per_epoch);
+        let (mut loss_sum, mut n) = (0.0f64, 0usize);
+        for (i, batch) in LmStream::new(train, bs, Bptt::Fixed(bptt), true, seed, epoch as u64).enumerate() {
+            let step = epoch * batches_per_epoch + i;
+            plan.schedule.apply(&mut opt.groups, &plan.peaks, step, total);
+            let ce = lm_train_step(model, opt, &batch, plan.step, &mut rng, step)?;
+            loss_sum += ce as f64;
+            n += 1;
+            progress.update(ce as f64, batch.x.len());
+        }
+        let (_, tokens_per_s) = progress.finish();
+        let valid_batches: Vec<_> = LmStream::new(valid, bs, Bptt::Fixed(bptt), false, seed, 0).collect();
+        last = lm_evaluate(model, valid_batches.iter(), &mut rng)?;
+        let m = EpochMetrics {
+            stage: plan.name.clone(),
+            epoch: epoch + 1,
+            step: ((epoch + 1) * batches_per_epoch) as u64,
+            train_loss: loss_sum / n.max(1) as f64,
+            valid_loss: Some(last.0 as f64),
+            accuracy: Some(last.1 as f64),
+            perplexity: Some((last.0 as f64).exp()),
+            lr: opt.groups.last().map_or(0.0, |g| g.lr as f64),
+            seconds: start.elapsed().as_secs_f64(),
+            tokens_per_s,
+        };
+        log.append(&m)?;
+        eprintln!("{} epoch {}/{}: train loss {:.3}, valid loss {:.3}, perplexity {:.1}, accuracy {:.3}, {:.0}s, {:.0} tokens/s", plan.name, epoch + 1, plan.epochs, m.train_loss, last.0, m.perplexity.unwrap_or(0.0), last.1, m.seconds, tokens_per_s);
+    }
+    model.encoder.reset();
+    Ok(last)
+}
+
+/// Labelled documents as token ids.
+pub struct Labelled<'a> {
+    /// The documents.
+    pub corpus: &'a Corpus,
+    /// One class id per document.
+    pub labels: &'a [u32],
+}
+
+/// Batches of `docs` (indices into `data`), sorted longest first within each batch.
+fn doc_batch(data: &Labelled, docs: &[usize]) -> (DocBatch, Vec<u32>) {
+    let mut idx = docs.to_vec();
+    idx.sort_by_key(|&d| std::cmp::Reverse(data.corpus.doc_len(d)));
+    let batch = DocBatch { docs: idx.iter().map(|&d| data.corpus.doc(d).to_vec()).collect() };
+    (batch, idx.iter().map(|&d| data.labels[d]).collect())
+}
+
+/// Fraction of `data` the classifier gets right (no dropout; batch norm in eval mode).
+pub fn accuracy(model: &mut Classifier, data: &Labelled, bs: usize) -> Result<f32> {
+    let lens: Vec<usize> = (0..data.corpus.len()).map(|d| data.corpus.doc_len(d)).collect();
+    let order = sorted_order(&lens, bs, false, &mut ulmfit_text::rng::Rng::new(0));
+    let mut rng = Rng::new(0);
+    let mut correct = 0;
+    for docs in order.chunks(bs) {
+        let (batch, labels) = doc_batch(data, docs);
+        let probs = classifier_probs(model, &batch, &mut rng)?;
+        correct += probs.iter().zip(&labels).filter(|(p, &y)| argmax(p) == y as usize).count();
+    }
+    Ok(correct as f32 / data.corpus.len().max(1) as f32)
+}
+
+fn argmax(p: &[f32]) -> usize {
+    p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
+}
+
+/// Trains the classifier for one stage of gradual unfreezing, validating after each
+/// epoch; returns the last validation accuracy.
+#[allow(clippy::too_many_arguments)] // one stage's data, model, optimizer and bookkeeping
+pub fn fit_classifier(model: &mut Classifier, opt: &mut Adam, plan: &StagePlan, train: &Labelled, valid: &Labelled, bs: usize, seed: u64, log: &mut MetricsLog) -> Result<f32> {
+    prepare(opt, plan)?;
+    ensure!(train.corpus.len() >= 2, "stage {}: fewer than 2 training documents", plan.name);
+    let lens: Vec<usize> = (0..train.corpus.len()).map(|d| train.corpus.doc_len(d)).collect();
+    let batches_per_epoch = lens.len().div_ceil(bs);
+    let total = plan.epochs * batches_per_epoch;
+    let mut rng = Rng::new(seed ^ 0xc1a5);
+    let mut acc = 0.0;
+    for epoch in 0..plan.epochs {
+        let start = Instant::now();
+        let mut order_rng = ulmfit_text::rng::Rng::new(seed.wrapping_add(epoch as u64));
+        let order = sorted_order(&lens, bs, true, &mut order_rng);
+        let mut progress = EpochProgress::new(&plan.name, batches_per_epoch);
+        let (mut loss_sum, mut n) = (0.0f64, 0usize);
+        for (i, docs) in order.chunks(bs).enumerate() {
+            if docs.len() < 2 {
+                continue; // batch norm needs two rows
+            }
+            let step = epoch * batches_per_epoch + i;
+            plan.schedule.apply(&mut opt.groups, &plan.peaks, step, total);
+            let (batch, labels) = doc_batch(train, docs);
+            let loss = classifier_train_step(model, opt, &batch, &labels, plan.step.clip, &mut rng, step)?;
+            loss_sum += loss as f64;
+            n += 1;
+            progress.update(loss as f64, docs.iter().map(|&d| lens[d]).sum());
+        }
+        let (_, tokens_per_s) = progress.finish();
+        acc = accuracy(model, valid, bs)?;
+        let m = EpochMetrics {
+            stage: plan.name.clone(),
+            epoch: epoch + 1,
+            step: ((epoch + 1) * batches_per_epoch) as u64,
+            train_loss: loss_sum / n.max(1) as f64,
+            valid_loss: None,
+            accuracy: Some(acc as f64),
+            perplexity: None,
+            lr: opt.groups.last().map_or(0.0, |g| g.lr as f64),
+            seconds: start.elapsed().as_secs_f64(),
+            tokens_per_s,
+        };
+        log.append(&m)?;
+        eprintln!("{} epoch {}/{}: train loss {:.3}, valid accuracy {:.3}, {:.0}s", plan.name, epoch + 1, plan.epochs, m.train_loss, acc, m.seconds);
+    }
+    Ok(acc)
+}
