@@ -156,8 +156,8 @@ fn lstm(a: LstmArgs) -> Result<()> {
         },
     };
     ensure!(
-        case.input > 0 && case.sizes.iter().all(|&h| h > 0) && case.batch > 0 && case.seq > 0,
-        "bench lstm: every size, --batch and --seq must be positive ({})",
+        !case.sizes.is_empty() && case.input > 0 && case.sizes.iter().all(|&h| h > 0) && case.batch > 0 && case.seq > 0,
+        "bench lstm: need at least one layer, and every size, --batch and --seq positive ({})",
         case.name()
     );
     ensure!(a.repeats > 0, "bench lstm: --repeats must be at least 1");
@@ -246,13 +246,9 @@ fn check_against_reference(case: &LstmCase, isa: Isa) -> f32 {
     };
     let w = ulmfit_lstm::LayerWeights::init(d.i, d.h, 7);
     let p = w.params_with(&w.w_hh);
-    let x: Vec<f32> = (0..d.t * d.b * d.i)
-        .map(|k| (k * 7 % 23) as f32 / 11.0 - 1.0)
-        .collect();
+    let x: Vec<f32> = (0..d.t * d.b * d.i).map(|k| (k * 7 % 23) as f32 / 11.0 - 1.0).collect();
     let zeros = vec![0.0; d.b * d.h];
-    let dy: Vec<f32> = (0..d.t * d.b * d.h)
-        .map(|k| (k * 5 % 17) as f32 / 8.0 - 1.0)
-        .collect();
+    let dy: Vec<f32> = (0..d.t * d.b * d.h).map(|k| (k * 5 % 17) as f32 / 8.0 - 1.0).collect();
     let want = reference::forward(d, &p, &x, &zeros, &zeros);
     let want_g = reference::backward(d, &p, &x, &zeros, &zeros, &dy, None, None);
     let (out, saved) = layer::forward(d, &p, &x, &zeros, &zeros, isa);

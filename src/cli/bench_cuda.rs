@@ -10,8 +10,8 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use ulmfit_cuda::plan::{backward_plan, forward_plan, Step};
 use ulmfit_cuda::lm::{reference as lm_reference, Hyper, LmConfig, LmCuda, LmWeights};
+use ulmfit_cuda::plan::{backward_plan, forward_plan, Step};
 use ulmfit_cuda::{Gpu, LstmCuda};
 use ulmfit_lstm::{reference, LstmDims, LstmParams};
 use ulmfit_tensor::Rng;
@@ -297,10 +297,17 @@ fn time_parts(gpu: &Gpu, case: &LstmCase, layers: &[LstmCuda], json: bool) -> an
 /// more than 1e-4 (FP32) or 2e-2 (TF32) of its scale. Returns the worst relative difference.
 fn check_lm_against_reference(gpu: &Gpu) -> anyhow::Result<f64> {
     let tol = if gpu.tf32() { 2e-2 } else { 1e-4 };
-    let cfg = LmConfig { vocab: 97, emb: 16, hidden: 24, ..LmConfig::awd_lstm(97, 6, 3) };
+    let cfg = LmConfig {
+        vocab: 97,
+        emb: 16,
+        hidden: 24,
+        ..LmConfig::awd_lstm(97, 6, 3)
+    };
     let w = LmWeights::init(&cfg, 3);
     let mut rng = Rng::new(3);
-    let ids: Vec<u32> = (0..cfg.rows() * 2).map(|_| rng.below(cfg.vocab) as u32).collect();
+    let ids: Vec<u32> = (0..cfg.rows() * 2)
+        .map(|_| rng.below(cfg.vocab) as u32)
+        .collect();
     let (x, y) = ids.split_at(cfg.rows());
     let mut model = LmCuda::new(gpu, cfg.clone(), &w, Hyper::default())?;
     model.set_batch(x, y)?;
@@ -313,7 +320,10 @@ fn check_lm_against_reference(gpu: &Gpu) -> anyhow::Result<f64> {
         anyhow::ensure!(e <= tol, "CUDA LM step: gradient {name} differs from the CPU reference by {e:.2e} of its scale (tolerance {tol:.0e})");
         worst = worst.max(e);
     }
-    anyhow::ensure!(worst <= tol, "CUDA LM step: loss differs from the CPU reference by {worst:.2e}");
+    anyhow::ensure!(
+        worst <= tol,
+        "CUDA LM step: loss differs from the CPU reference by {worst:.2e}"
+    );
     Ok(worst)
 }
 
@@ -337,8 +347,18 @@ fn median_ms(steps: usize, mut run: impl FnMut() -> anyhow::Result<()>) -> anyho
 /// AR/TAR, clip 0.1, Adam): the batch upload, forward, backward, clipping, Adam and the loss
 /// download, op by op and replayed from CUDA graphs. The last line printed is the graphs
 /// result (`scripts/bench_lm_step_torch.py` reads it).
-pub fn lm_step(vocab: usize, batch: usize, seq: usize, steps: usize, tf32: bool, json: bool) -> anyhow::Result<()> {
-    anyhow::ensure!(vocab > 1 && batch > 0 && seq > 0 && steps > 0, "vocab, batch, seq and steps must be positive");
+pub fn lm_step(
+    vocab: usize,
+    batch: usize,
+    seq: usize,
+    steps: usize,
+    tf32: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        vocab > 1 && batch > 0 && seq > 0 && steps > 0,
+        "vocab, batch, seq and steps must be positive"
+    );
     let gpu = Gpu::new(tf32)?;
     let worst = check_lm_against_reference(&gpu).context("checking before timing")?;
     let case = format!("awd-lstm lm-step V{vocab} B{batch} T{seq}");
@@ -346,9 +366,16 @@ pub fn lm_step(vocab: usize, batch: usize, seq: usize, steps: usize, tf32: bool,
         println!("bench lm-step {case} on cuda: {}, {}; check vs reference (V97 T6 B3): max rel diff {worst:.1e}", gpu.name(), if tf32 { "tf32" } else { "fp32" });
     }
     let cfg = LmConfig::awd_lstm(vocab, seq, batch);
-    let mut model = LmCuda::new(&gpu, cfg, &LmWeights::init(&LmConfig::awd_lstm(vocab, seq, batch), 0), Hyper::default())?;
+    let mut model = LmCuda::new(
+        &gpu,
+        cfg,
+        &LmWeights::init(&LmConfig::awd_lstm(vocab, seq, batch), 0),
+        Hyper::default(),
+    )?;
     let mut rng = Rng::new(1);
-    let ids: Vec<u32> = (0..(seq + 1) * batch).map(|_| rng.below(vocab) as u32).collect();
+    let ids: Vec<u32> = (0..(seq + 1) * batch)
+        .map(|_| rng.below(vocab) as u32)
+        .collect();
     let (x, y) = (&ids[..seq * batch], &ids[batch..]);
     let tokens = (batch * seq) as f64;
     let report = |pass: &str, graphs: bool, ms: f64, loss: f32| {
@@ -375,9 +402,13 @@ pub fn lm_step(vocab: usize, batch: usize, seq: usize, steps: usize, tf32: bool,
     }
     // The parts alone (human output only): forward+backward, then clip + Adam.
     if !json {
-        let fb = median_ms(steps, || Ok(model.forward_backward().and_then(|_| gpu.sync("fwd+bwd"))?))?;
+        let fb = median_ms(steps, || {
+            Ok(model.forward_backward().and_then(|_| gpu.sync("fwd+bwd"))?)
+        })?;
         report("fwd+bwd", true, fb, model.loss()?[0]);
-        let up = median_ms(steps, || Ok(model.update().and_then(|_| gpu.sync("update"))?))?;
+        let up = median_ms(steps, || {
+            Ok(model.update().and_then(|_| gpu.sync("update"))?)
+        })?;
         report("clip+adam", true, up, model.loss()?[0]);
     }
     let ms = median_ms(steps, || {

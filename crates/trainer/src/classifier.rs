@@ -7,12 +7,13 @@
 //! document starts at step 0 from a zero state, so chunk boundaries fall at multiples of
 //! `bptt` from each document's start, as with fastai's front padding in whole chunks. At
 //! chunk `i` only the rows still inside their document are run (a prefix, since rows are
-//! sorted). State is detached between chunks; outputs of the chunks within the last
-//! `max_len` steps are kept for pooling, so gradients reach those chunks only (BPT3C).
+//! sorted). State is detached between chunks. Each document is pooled over its last
+//! `max_len` steps; chunks that reach into some document's window are kept on the graph,
+//! the others run without recording it, so gradients reach the kept chunks only (BPT3C).
 
 use crate::awd_lstm::AwdLstm;
 use ulmfit_tensor::autograd::Op;
-use ulmfit_tensor::{BatchNormStats, Result, Rng, Tensor};
+use ulmfit_tensor::{no_grad, BatchNormStats, Result, Rng, Tensor};
 
 /// A batch of documents for the classifier: rows sorted by decreasing length.
 pub struct DocBatch {
@@ -30,6 +31,8 @@ struct Chunk {
 /// `[h at its last token, max over its kept steps, mean over its kept steps]`, [B, 3E].
 struct ConcatPool {
     lens: Vec<usize>,
+    /// First pooled step of each document (its length minus `max_len`, at least 0).
+    from: Vec<usize>,
     starts: Vec<usize>,
     /// For each output max element (b, e): (chunk index, step within chunk) of the winner.
     argmax: Vec<(usize, usize)>,
@@ -37,7 +40,7 @@ struct ConcatPool {
     counts: Vec<usize>,
 }
 
-fn concat_pool(chunks: &[Chunk], lens: &[usize], e: usize) -> Result<Tensor> {
+fn concat_pool(chunks: &[Chunk], lens: &[usize], from: &[usize], e: usize) -> Result<Tensor> {
     let bn = lens.len();
     let mut out = vec![0.0; bn * 3 * e];
     let mut argmax = vec![(0, 0); bn * e];
@@ -51,7 +54,7 @@ fn concat_pool(chunks: &[Chunk], lens: &[usize], e: usize) -> Result<Tensor> {
             let data = ch.out.data();
             for s in 0..len {
                 let pos = ch.start + s;
-                if b >= rows || pos >= lens[b] {
+                if b >= rows || pos >= lens[b] || pos < from[b] {
                     continue;
                 }
                 let h = &data[(s * rows + b) * e..][..e];
@@ -71,7 +74,7 @@ fn concat_pool(chunks: &[Chunk], lens: &[usize], e: usize) -> Result<Tensor> {
         mean.iter_mut().for_each(|m| *m /= counts[b].max(1) as f32);
     }
     let inputs: Vec<&Tensor> = chunks.iter().map(|c| &c.out).collect();
-    let op = ConcatPool { lens: lens.to_vec(), starts: chunks.iter().map(|c| c.start).collect(), argmax, counts };
+    let op = ConcatPool { lens: lens.to_vec(), from: from.to_vec(), starts: chunks.iter().map(|c| c.start).collect(), argmax, counts };
     Ok(Tensor::from_op(out, &[bn, 3 * e], &inputs, op))
 }
 
@@ -90,7 +93,7 @@ impl Op for ConcatPool {
                 let (len, rows) = (input.dim(0), input.dim(1));
                 for s in 0..len {
                     let pos = self.starts[ci] + s;
-                    if b >= rows || pos >= len_b {
+                    if b >= rows || pos >= len_b || pos < self.from[b] {
                         continue;
                     }
                     let dh = &mut grads[ci][(s * rows + b) * e..][..e];
@@ -178,6 +181,7 @@ impl Classifier {
             return Err(ulmfit_tensor::Error::BadArgument { op: "classifier", msg: "documents must be non-empty and sorted longest first".into() });
         }
         let longest = lens[0];
+        let from: Vec<usize> = lens.iter().map(|l| l.saturating_sub(self.max_len)).collect();
         self.encoder.reset();
         let mut chunks = Vec::new();
         for start in (0..longest).step_by(self.bptt) {
@@ -189,12 +193,14 @@ impl Classifier {
                 ids.extend(batch.docs[..rows].iter().map(|d| d.get(start + s).copied().unwrap_or(1)));
             }
             self.encoder.keep_rows(rows)?;
-            let out = self.encoder.forward(&ids, len, rows, train, rng)?.raw;
-            if longest - start <= self.max_len || start + len == longest {
+            if (0..rows).any(|b| start + len > from[b]) {
+                let out = self.encoder.forward(&ids, len, rows, train, rng)?.raw;
                 chunks.push(Chunk { out, start });
+            } else {
+                no_grad(|| self.encoder.forward(&ids, len, rows, train, rng))?;
             }
         }
-        let pooled = concat_pool(&chunks, &lens, self.encoder.cfg.emb_sz)?;
+        let pooled = concat_pool(&chunks, &lens, &from, self.encoder.cfg.emb_sz)?;
         let x = self.head[0].forward(&pooled, train, rng)?.relu();
         self.head[1].forward(&x, train, rng)
     }
@@ -236,7 +242,7 @@ mod tests {
         let c0 = Tensor::param(rng.uniform_tensor(&[3, 3, e], -1.0, 1.0).to_vec(), &[3, 3, e]).unwrap();
         let c1 = Tensor::param(rng.uniform_tensor(&[2, 1, e], -1.0, 1.0).to_vec(), &[2, 1, e]).unwrap();
         let chunks = [Chunk { out: c0.clone(), start: 0 }, Chunk { out: c1.clone(), start: 3 }];
-        let pooled = concat_pool(&chunks, &lens, e).unwrap().to_vec();
+        let pooled = concat_pool(&chunks, &lens, &[0, 0, 0], e).unwrap().to_vec();
         let (d0, d1) = (c0.to_vec(), c1.to_vec());
         // h(b, pos): the encoder output of document b at step pos.
         let h = |b: usize, pos: usize, k: usize| if pos < 3 { d0[(pos * 3 + b) * e + k] } else { d1[((pos - 3) + b) * e + k] };
@@ -250,11 +256,64 @@ mod tests {
                 }
             }
         }
+        // A window (max_len 3 for doc 0: steps 2..5) pools only the document's last steps.
+        let windowed = concat_pool(&chunks, &lens, &[2, 0, 0], e).unwrap().to_vec();
+        for k in 0..e {
+            let want = (2..5).map(|p| h(0, p, k)).sum::<f32>() / 3.0;
+            assert!((windowed[2 * e + k] - want).abs() < 1e-6, "windowed mean of doc 0, feature {k}");
+        }
         // The gradient of sum(pooled) puts nothing on padding steps (doc 2 past step 0).
-        concat_pool(&chunks, &lens, e).unwrap().sum_all().unwrap().backward().unwrap();
+        concat_pool(&chunks, &lens, &[0, 0, 0], e).unwrap().sum_all().unwrap().backward().unwrap();
         let g0 = c0.grad().unwrap().to_vec();
         for pos in 1..3 {
             assert_eq!(&g0[(pos * 3 + 2) * e..][..e], &[0.0, 0.0], "padding step {pos} of doc 2 got a gradient");
+        }
+    }
+}
+
+#[cfg(test)]
+mod gradient_tests {
+    use super::*;
+    use crate::awd_lstm::AwdLstmConfig;
+
+    /// Finite differences through the whole classifier (no dropout, batch norm in train
+    /// mode with fresh statistics): encoder, pooling with padding, head, loss. One chunk:
+    /// across chunk boundaries BPT3C truncates the gradient on purpose.
+    #[test]
+    fn classifier_gradients_match_finite_differences() {
+        let mut rng = Rng::new(1);
+        let cfg = AwdLstmConfig { vocab: 11, emb_sz: 4, n_hid: 5, n_layers: 2, input_p: 0.0, hidden_p: 0.0, weight_p: 0.0, embed_p: 0.0, output_p: 0.0 };
+        let mut model = Classifier::new(AwdLstm::new(cfg, &mut rng), 3, &mut rng);
+        model.head[1].p = 0.0;
+        model.bptt = 8;
+        let batch = DocBatch { docs: vec![vec![2, 5, 6, 7, 3, 9, 10], vec![2, 4, 4, 8], vec![2, 1]] };
+        let labels = [0, 2, 1];
+        let loss = |m: &mut Classifier| -> f32 {
+            for blk in &mut m.head {
+                blk.stats = BatchNormStats::new(blk.gamma.numel());
+            }
+            m.forward(&batch, true, &mut Rng::new(0)).unwrap().cross_entropy(&labels, None).unwrap().item().unwrap()
+        };
+        for blk in &mut model.head {
+            blk.stats = BatchNormStats::new(blk.gamma.numel());
+        }
+        let l = model.forward(&batch, true, &mut Rng::new(0)).unwrap().cross_entropy(&labels, None).unwrap();
+        l.backward().unwrap();
+        let params: Vec<Tensor> = model.param_groups().into_iter().flatten().collect();
+        for (k, p) in params.iter().enumerate() {
+            let analytic = p.grad().map(|g| g.to_vec()).unwrap_or_else(|| vec![0.0; p.numel()]);
+            for j in (0..p.numel()).step_by(3) {
+                let orig = p.data()[j];
+                let eps = 1e-3; // small: max pooling is only piecewise smooth
+                p.data_mut()[j] = orig + eps;
+                let up = no_grad(|| loss(&mut model));
+                p.data_mut()[j] = orig - eps;
+                let down = no_grad(|| loss(&mut model));
+                p.data_mut()[j] = orig;
+                let numeric = (up - down) / (2.0 * eps);
+                let diff = (numeric - analytic[j]).abs();
+                assert!(diff <= 5e-3 + 2e-2 * numeric.abs(), "param {k} {:?} [{j}]: autograd {} vs numeric {numeric}", p.shape(), analytic[j]);
+            }
         }
     }
 }

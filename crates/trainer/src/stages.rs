@@ -55,7 +55,7 @@ fn prepare(opt: &mut Adam, plan: &StagePlan) -> Result<()> {
 pub fn fit_lm(model: &mut LanguageModel, opt: &mut Adam, plan: &StagePlan, train: &Corpus, valid: &Corpus, bs: usize, bptt: usize, seed: u64, log: &mut MetricsLog) -> Result<(f32, f32)> {
     prepare(opt, plan)?;
     ensure!(train.ids.len() > bs * 2 && valid.ids.len() > bs * 2, "stage {}: the corpus is too small for batch size {bs}", plan.name);
-    let batches_per_epoch = LmStream::new(train, bs, Bptt::Fixed(bptt), false, seed, 0).count();
+    let batches_per_epoch = LmStream::new(train, bs, Bptt::Fixed(bptt), false, seed, 0)?.count();
     let total = plan.epochs * batches_per_epoch;
     let mut rng = Rng::new(seed ^ 0x5eed);
     let mut last = (f32::NAN, 0.0);
@@ -64,7 +64,7 @@ pub fn fit_lm(model: &mut LanguageModel, opt: &mut Adam, plan: &StagePlan, train
         let start = Instant::now();
         let mut progress = EpochProgress::new(&plan.name, batches_per_epoch);
         let (mut loss_sum, mut n) = (0.0f64, 0usize);
-        for (i, batch) in LmStream::new(train, bs, Bptt::Fixed(bptt), true, seed, epoch as u64).enumerate() {
+        for (i, batch) in LmStream::new(train, bs, Bptt::Fixed(bptt), true, seed, epoch as u64)?.enumerate() {
             let step = epoch * batches_per_epoch + i;
             plan.schedule.apply(&mut opt.groups, &plan.peaks, step, total);
             let ce = lm_train_step(model, opt, &batch, plan.step, &mut rng, step)?;
@@ -73,7 +73,7 @@ pub fn fit_lm(model: &mut LanguageModel, opt: &mut Adam, plan: &StagePlan, train
             progress.update(ce as f64, batch.x.len());
         }
         let (_, tokens_per_s) = progress.finish();
-        let valid_batches: Vec<_> = LmStream::new(valid, bs, Bptt::Fixed(bptt), false, seed, 0).collect();
+        let valid_batches: Vec<_> = LmStream::new(valid, bs, Bptt::Fixed(bptt), false, seed, 0)?.collect();
         last = lm_evaluate(model, valid_batches.iter(), &mut rng)?;
         let m = EpochMetrics {
             stage: plan.name.clone(),
