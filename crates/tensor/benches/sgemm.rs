@@ -21,87 +21,31 @@ struct Shape {
     b_t: bool,
 }
 
+/// A shape row of the table below.
+const fn shape(name: &'static str, m: usize, k: usize, n: usize, a_t: bool, b_t: bool) -> Shape {
+    Shape {
+        name,
+        m,
+        k,
+        n,
+        a_t,
+        b_t,
+    }
+}
+
 const SHAPES: &[Shape] = &[
-    Shape {
-        name: "recurrent B=64 H=1152: h·W_hh^T",
-        m: 64,
-        k: 1152,
-        n: 4608,
-        a_t: false,
-        b_t: true,
-    },
-    Shape {
-        name: "recurrent B=32 H=1152",
-        m: 32,
-        k: 1152,
-        n: 4608,
-        a_t: false,
-        b_t: true,
-    },
-    Shape {
-        name: "recurrent B=1 H=1152",
-        m: 1,
-        k: 1152,
-        n: 4608,
-        a_t: false,
-        b_t: true,
-    },
-    Shape {
-        name: "recurrent B=64 H=400",
-        m: 64,
-        k: 400,
-        n: 1600,
-        a_t: false,
-        b_t: true,
-    },
-    Shape {
-        name: "recurrent B=32 H=256",
-        m: 32,
-        k: 256,
-        n: 1024,
-        a_t: false,
-        b_t: true,
-    },
-    Shape {
-        name: "backward dH = dG·W_hh",
-        m: 64,
-        k: 4608,
-        n: 1152,
-        a_t: false,
-        b_t: false,
-    },
-    Shape {
-        name: "input proj T*B x 400 · W_ih^T",
-        m: 4480,
-        k: 400,
-        n: 4608,
-        a_t: false,
-        b_t: true,
-    },
-    Shape {
-        name: "input proj T*B x 1152 · W_ih^T",
-        m: 4480,
-        k: 1152,
-        n: 4608,
-        a_t: false,
-        b_t: true,
-    },
-    Shape {
-        name: "dW_hh = dG^T · H",
-        m: 4608,
-        k: 4480,
-        n: 1152,
-        a_t: true,
-        b_t: false,
-    },
-    Shape {
-        name: "decoder 4480x400 · W_dec^T",
-        m: 4480,
-        k: 400,
-        n: 33278,
-        a_t: false,
-        b_t: true,
-    },
+    shape("recurrent B=64 H=1152", 64, 1152, 4608, false, true),
+    shape("recurrent B=32 H=1152", 32, 1152, 4608, false, true),
+    shape("recurrent B=1 H=1152", 1, 1152, 4608, false, true),
+    shape("recurrent B=64 H=400", 64, 400, 1600, false, true),
+    shape("recurrent B=32 H=256", 32, 256, 1024, false, true),
+    shape("dH = dG·W_hh", 64, 4608, 1152, false, false),
+    shape("input proj X·W_ih^T I=400", 4480, 400, 4608, false, true),
+    shape("input proj X·W_ih^T I=1152", 4480, 1152, 4608, false, true),
+    shape("dW_hh = dG^T·H", 4608, 4480, 1152, true, false),
+    shape("dW_ih = dG^T·X I=400", 4608, 4480, 400, true, false),
+    shape("dX = dG·W_ih I=400", 4480, 4608, 400, false, false),
+    shape("decoder X·W_dec^T", 4480, 400, 33278, false, true),
 ];
 
 /// Deterministic values in [-1, 1].

@@ -75,6 +75,7 @@ fn elementwise_unary_and_scalar() {
     let pos = param_in(&mut r, &[3, 5], 0.5, 2.0);
     check("log", &[pos.clone()], |x| Ok(x[0].log()));
     check("powf", &[pos], |x| Ok(x[0].powf(1.7)));
+    check("square", &[x.clone()], |x| Ok(x[0].powf(2.0)));
     // relu: keep inputs away from the kink at 0
     let away: Vec<f32> = x.to_vec().iter().map(|v| if v.abs() < 0.1 { v.signum() * 0.5 } else { *v }).collect();
     check("relu", &[Tensor::param(away, &[3, 5]).unwrap()], |x| Ok(x[0].relu()));

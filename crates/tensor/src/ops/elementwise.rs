@@ -110,12 +110,44 @@ impl Binary {
 
 struct BinaryOp(Binary);
 
+/// Whether `b` (NumPy-aligned) equals the trailing dimensions of `a`, possibly with
+/// leading 1s: then `b`'s data repeats with period `b.numel()` over `a`'s.
+fn repeats_along_leading_dims(a: &[usize], b: &[usize]) -> bool {
+    let b = &b[b.iter().take_while(|&&d| d == 1).count().min(b.len())..];
+    b.len() <= a.len() && a[a.len() - b.len()..] == *b && !b.is_empty()
+}
+
+/// `out[i] = f(a[i], b[i % b.len()])`, as plain loops over contiguous chunks.
+fn zip_repeat(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> Vec<f32> {
+    let mut out = vec![0.0; a.len()];
+    for (oc, ac) in out.chunks_mut(b.len()).zip(a.chunks(b.len())) {
+        oc.iter_mut().zip(ac).zip(b).for_each(|((o, &x), &y)| *o = f(x, y));
+    }
+    out
+}
+
+/// Backward of `zip_repeat`: `da[i] = g[i] * pa`, `db[j] += g[i] * pb` over the repeats,
+/// where `(pa, pb) = partials(a[i], b[j])`.
+fn zip_repeat_backward(a: &[f32], b: &[f32], g: &[f32], partials: impl Fn(f32, f32) -> (f32, f32)) -> (Vec<f32>, Vec<f32>) {
+    let mut da = vec![0.0; a.len()];
+    let mut db = vec![0.0; b.len()];
+    for ((dac, ac), gc) in da.chunks_mut(b.len()).zip(a.chunks(b.len())).zip(g.chunks(b.len())) {
+        for j in 0..b.len() {
+            let (pa, pb) = partials(ac[j], b[j]);
+            dac[j] = gc[j] * pa;
+            db[j] += gc[j] * pb;
+        }
+    }
+    (da, db)
+}
+
 impl Tensor {
     fn binary(&self, rhs: &Tensor, kind: Binary) -> Result<Tensor> {
         let (a, b) = (self.data(), rhs.data());
-        let (out, shape) = if self.shape() == rhs.shape() {
-            // Fast path: same shapes, no index arithmetic.
-            (a.iter().zip(b.iter()).map(|(&x, &y)| kind.apply(x, y)).collect(), self.shape().to_vec())
+        let (out, shape) = if repeats_along_leading_dims(self.shape(), rhs.shape()) {
+            // Fast path: rhs has the same shape, or repeats along leading dimensions (a bias
+            // row, a [1, B, H] dropout mask over [T, B, H]): no index arithmetic.
+            (zip_repeat(&a, &b, |x, y| kind.apply(x, y)), self.shape().to_vec())
         } else {
             let shape = broadcast_shape(self.shape(), rhs.shape()).ok_or_else(|| mismatch(kind.name(), self.shape(), rhs.shape()))?;
             let mut out = vec![0.0; shape.iter().product()];
@@ -155,6 +187,10 @@ impl Op for BinaryOp {
     fn backward(&self, inputs: &[Tensor], out: &Tensor, dout: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let (a, b) = (&inputs[0], &inputs[1]);
         let (av, bv, g) = (a.data(), b.data(), dout.data());
+        if repeats_along_leading_dims(a.shape(), b.shape()) {
+            let (da, db) = zip_repeat_backward(&av, &bv, &g, |x, y| self.0.partials(x, y));
+            return Ok(vec![Some(Tensor::from_vec(da, a.shape())?), Some(Tensor::from_vec(db, b.shape())?)]);
+        }
         // da and db are accumulated in the operands' own shapes: summing over broadcast dims.
         let mut da = vec![0.0; a.numel()];
         let mut db = vec![0.0; b.numel()];
@@ -210,6 +246,7 @@ impl Unary {
             Unary::Relu => x.max(0.0),
             Unary::AddScalar(s) => x + s,
             Unary::Scale(s) => x * s,
+            Unary::Powf(p) if p == 2.0 => x * x,
             Unary::Powf(p) => x.powf(p),
         }
     }
@@ -225,6 +262,7 @@ impl Unary {
             Unary::Relu => (x > 0.0) as u8 as f32,
             Unary::AddScalar(_) => 1.0,
             Unary::Scale(s) => s,
+            Unary::Powf(p) if p == 2.0 => 2.0 * x,
             Unary::Powf(p) => p * x.powf(p - 1.0),
         }
     }

@@ -118,16 +118,22 @@ impl Tensor {
         let x = self.data();
         let x: &[f32] = &x;
         let mut probs = vec![0.0; n * c];
-        let lane: Vec<usize> = (0..c).collect();
-        // Per row: -log p(target), or None when ignored.
+        // Per row: -log p(target), or None when ignored. One exp per logit: p = exp(x - max)
+        // is summed, then scaled; log-sum-exp = max + ln(sum).
         let row_losses: Vec<Option<f64>> = probs
             .par_chunks_mut(c.max(1))
             .zip(x.par_chunks(c.max(1)))
             .zip(targets.par_iter())
             .map(|((p, row), &t)| {
-                let lse = log_sum_exp(row, &lane);
-                row.iter().zip(p.iter_mut()).for_each(|(&v, p)| *p = (v - lse).exp());
-                (Some(t) != ignore_index).then(|| (lse - row[t as usize]) as f64)
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0f32;
+                row.iter().zip(p.iter_mut()).for_each(|(&v, p)| {
+                    *p = (v - max).exp();
+                    sum += *p;
+                });
+                let inv = 1.0 / sum;
+                p.iter_mut().for_each(|p| *p *= inv);
+                (Some(t) != ignore_index).then(|| (max + sum.ln() - row[t as usize]) as f64)
             })
             .collect();
         let count = row_losses.iter().flatten().count();

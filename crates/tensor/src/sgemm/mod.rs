@@ -36,6 +36,9 @@ mod kernel {
     ) {
         unreachable!("sgemm: the AVX-512 kernel called on a non-x86-64 CPU")
     }
+    pub unsafe fn transpose16(_: *const f32, _: usize, _: *mut f32, _: *mut f32, _: usize) {
+        unreachable!("sgemm: the AVX-512 transpose called on a non-x86-64 CPU")
+    }
 }
 mod pack;
 #[cfg(test)]
@@ -58,6 +61,7 @@ const PARALLEL_MIN_MACS: usize = 1 << 20;
 
 /// Which implementation a product runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Path {
     /// Packed panels and the AVX-512 micro-kernel.
     Avx512,
@@ -95,9 +99,8 @@ impl PackedB {
     fn pack_for(b: MatRef, path: Path) -> Self {
         check(b, "B");
         let data = match path {
-            Path::Avx512 => pack::pack_panels(b, NR),
-            // One panel as wide as B is plain row-major.
-            Path::Portable => pack::pack_panels(b, b.cols.max(1)),
+            Path::Avx512 => pack::pack_panels::<NR>(b),
+            Path::Portable => pack::row_major(b),
         };
         PackedB {
             k: b.rows,
@@ -284,9 +287,8 @@ impl Product<'_> {
             // Later K slices accumulate onto the first one's result.
             let beta = if pc == 0 { self.beta } else { 1.0 };
             // A^T [kc, rows] in MR-wide panels: panel r holds rows.start + r*MR .., [kc][MR].
-            pack::pack_into(
+            pack::pack_into::<MR>(
                 pack::sub_view(self.a.t(), pc, rows.start, kc, rows.len()),
-                MR,
                 scratch.a.as_mut_slice(),
             );
             let ap = scratch.a.as_slice();
@@ -295,7 +297,7 @@ impl Product<'_> {
                     BSrc::Packed(bp) => &bp[(j / NR) * k * NR + pc * NR..][..kc * NR],
                     BSrc::Raw(bm) => {
                         let src = pack::sub_view(bm, pc, j, kc, NR.min(n - j));
-                        pack::pack_into(src, NR, scratch.b.as_mut_slice());
+                        pack::pack_into::<NR>(src, scratch.b.as_mut_slice());
                         &scratch.b.as_slice()[..kc * NR]
                     }
                 };

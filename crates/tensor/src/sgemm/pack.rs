@@ -28,10 +28,12 @@ impl AlignedBuf {
         AlignedBuf { buf, off, len }
     }
 
+    /// The aligned floats.
     pub fn as_slice(&self) -> &[f32] {
         &self.buf[self.off..self.off + self.len]
     }
 
+    /// The aligned floats, mutable.
     pub fn as_mut_slice(&mut self) -> &mut [f32] {
         &mut self.buf[self.off..self.off + self.len]
     }
@@ -42,27 +44,41 @@ pub fn packed_len(rows: usize, cols: usize, w: usize) -> usize {
     cols.div_ceil(w) * rows * w
 }
 
-/// Packs `src` `[rows, cols]` into panels of width `w` (see the file header).
+/// Packs `src` `[rows, cols]` into panels of width `W` (see the file header).
 ///
 /// Parallel over groups of panels when the matrix is large enough for rayon to pay.
-pub fn pack_panels(src: MatRef, w: usize) -> AlignedBuf {
-    let mut out = AlignedBuf::zeros(packed_len(src.rows, src.cols, w));
+pub fn pack_panels<const W: usize>(src: MatRef) -> AlignedBuf {
+    let mut out = AlignedBuf::zeros(packed_len(src.rows, src.cols, W));
     if src.rows * src.cols >= 1 << 18 {
         // 8 panels per task keep row-major reads a few cache lines long.
-        let group = 8 * w;
+        let group = 8 * W;
         out.as_mut_slice()
             .par_chunks_mut(src.rows * group)
             .enumerate()
             .for_each(|(g, dst)| {
                 let c0 = g * group;
-                pack_into(
+                pack_into::<W>(
                     sub_view(src, 0, c0, src.rows, group.min(src.cols - c0)),
-                    w,
                     dst,
                 )
             });
     } else {
-        pack_into(src, w, out.as_mut_slice());
+        pack_into::<W>(src, out.as_mut_slice());
+    }
+    out
+}
+
+/// A row-major copy of `src` (the portable path's "packed" B).
+pub fn row_major(src: MatRef) -> AlignedBuf {
+    let mut out = AlignedBuf::zeros(src.rows * src.cols);
+    for (r, row) in out
+        .as_mut_slice()
+        .chunks_exact_mut(src.cols.max(1))
+        .enumerate()
+    {
+        for (c, x) in row.iter_mut().enumerate() {
+            *x = src.data[r * src.rs + c * src.cs];
+        }
     }
     out
 }
@@ -82,11 +98,12 @@ pub fn sub_view(m: MatRef, r0: usize, c0: usize, rows: usize, cols: usize) -> Ma
     }
 }
 
-/// Packs `src` into panels of width `w` at the start of `dst`, on the calling thread.
-/// The last panel's columns past `src.cols` keep whatever `dst` held.
-pub fn pack_into(src: MatRef, w: usize, dst: &mut [f32]) {
+/// Packs `src` into panels of width `W` at the start of `dst`, on the calling thread.
+/// The last panel's columns past `src.cols` keep whatever `dst` held. (`W` is a constant
+/// so the short row copies compile to a few vector moves, not `memcpy` calls.)
+pub fn pack_into<const W: usize>(src: MatRef, dst: &mut [f32]) {
     let (rows, cols) = (src.rows, src.cols);
-    let panel_len = rows * w;
+    let panel_len = rows * W;
     if panel_len == 0 {
         return;
     }
@@ -95,31 +112,64 @@ pub fn pack_into(src: MatRef, w: usize, dst: &mut [f32]) {
         // panel at a time would stride through memory and thrash the cache sets.)
         for r in 0..rows {
             let row = &src.data[r * src.rs..][..cols];
-            for (p, chunk) in row.chunks(w).enumerate() {
-                dst[p * panel_len + r * w..][..chunk.len()].copy_from_slice(chunk);
+            let mut chunks = row.chunks_exact(W);
+            for (p, chunk) in chunks.by_ref().enumerate() {
+                dst[p * panel_len + r * W..][..W].copy_from_slice(chunk);
+            }
+            let tail = chunks.remainder();
+            if !tail.is_empty() {
+                dst[(cols / W) * panel_len + r * W..][..tail.len()].copy_from_slice(tail);
             }
         }
     } else {
-        // Strided rows (a transposed view): copy 16-row bands, one column run at a time.
-        // Each run is a cache line or two read once; walking whole panel rows instead
-        // keeps `w` strided streams live, which thrashes the cache sets when the stride
-        // is a multiple of a large power of two (K = 256, 1024, ...).
-        const BAND: usize = 16;
-        for (p, panel) in dst
-            .chunks_exact_mut(panel_len)
-            .take(cols.div_ceil(w))
-            .enumerate()
-        {
-            let width = w.min(cols - p * w);
-            for r0 in (0..rows).step_by(BAND) {
-                let band = r0..(r0 + BAND).min(rows);
-                for x in 0..width {
-                    let col = &src.data[(p * w + x) * src.cs..];
-                    for r in band.clone() {
-                        panel[r * w + x] = col[r * src.rs];
-                    }
+        // Strided rows (a transposed view): work in 64-row bands, 16 columns at a time,
+        // so each column run read is a few whole cache lines. (Walking whole panel rows
+        // keeps `W` strided streams live, which thrashes the cache sets when the stride
+        // is a multiple of a large power of two: K = 256, 1024, ...)
+        const BAND: usize = 64;
+        // Index of element (r, c) in the packed panels.
+        let at = |r: usize, c: usize| (c / W) * panel_len + r * W + c % W;
+        // With contiguous columns, whole 16 x 16 blocks go through the AVX-512 transpose.
+        let fast = src.rs == 1 && W.is_multiple_of(8) && super::detect() == super::Path::Avx512;
+        let fast_cols = if fast { cols / 16 * 16 } else { 0 };
+        for r0 in (0..rows).step_by(BAND) {
+            let band = r0..(r0 + BAND).min(rows);
+            let fast_end = band.start + band.len() / 16 * 16;
+            for c0 in (0..fast_cols).step_by(16) {
+                for r in (band.start..fast_end).step_by(16) {
+                    let block = &src.data[c0 * src.cs + r..];
+                    transpose_block(block, src.cs, dst, at(r, c0), at(r, c0 + 8), W);
+                }
+            }
+            // The rest one value at a time: rows below the blocks, columns right of them.
+            for c in 0..cols {
+                let left = if c < fast_cols {
+                    fast_end..band.end
+                } else {
+                    band.clone()
+                };
+                let col = &src.data[c * src.cs..];
+                for r in left {
+                    dst[at(r, c)] = col[r * src.rs];
                 }
             }
         }
     }
+}
+
+/// A 16 x 16 block of a column-contiguous view (`src[c * lds + r]`, `c, r < 16`) into
+/// `dst`: row r's first 8 values at `lo + r * ldd`, its last 8 at `hi + r * ldd`.
+fn transpose_block(src: &[f32], lds: usize, dst: &mut [f32], lo: usize, hi: usize, ldd: usize) {
+    assert!(
+        src.len() >= 15 * lds + 16
+            && dst.len() >= lo.max(hi) + 15 * ldd + 8
+            && lo.abs_diff(hi) >= 8,
+        "sgemm: transpose block out of bounds"
+    );
+    // SAFETY: both extents checked just above (the two halves do not overlap); only
+    // called after `detect` found AVX-512F.
+    unsafe {
+        let out = dst.as_mut_ptr();
+        super::kernel::transpose16(src.as_ptr(), lds, out.add(lo), out.add(hi), ldd)
+    };
 }
