@@ -172,8 +172,11 @@ def main():
                "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps), "--json"]
         if args.tf32:
             cmd.append("--tf32")
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        ours = json.loads(out.strip().splitlines()[-1])
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode == 0:
+            ours = json.loads(run.stdout.strip().splitlines()[-1])
+        else:  # still time PyTorch, and say why ours is missing
+            print(f"ulmfit-rs failed (rc {run.returncode}): {run.stderr.strip()[-2000:]}")
     secs, kind, losses = time_torch(args.device, args.vocab, args.batch, args.seq, args.steps,
                                     args.tf32, args.plain)
     torch_tps = tokens / secs

@@ -10,7 +10,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target/cuda}"
-BUNDLE="$ROOT/gpu_bundle"
+BUNDLE="${BUNDLE:-$ROOT/gpu_bundle}"  # override only for a dry run here
 MAX_MIB=40
 
 echo "== building release binaries (target dir $CARGO_TARGET_DIR)"
@@ -36,7 +36,7 @@ for line in open(src):
         name = msg["target"]["name"]
         shutil.copy(exe, f"{dst}/{name}")
         copied.append(name)
-need = {"lstm_vs_ref", "no_driver", "plan_on_cpu"}
+need = {"lstm_vs_ref", "no_driver", "plan_on_cpu", "lm_on_cpu", "lm_replay", "lm_vs_ref"}
 missing = need - set(copied)
 if missing:
     sys.exit(f"gpu_check: test binaries not built: {sorted(missing)}")
@@ -56,11 +56,18 @@ cat "$BUNDLE/BUILD_INFO"
 # Sanity here: the stripped binaries run, and without a driver the CUDA path is a clean error.
 "$BUNDLE/tests/plan_on_cpu" -q
 "$BUNDLE/tests/no_driver" -q
+"$BUNDLE/tests/lm_on_cpu" -q
+"$BUNDLE/tests/lm_replay" -q
 if "$BUNDLE/ulmfit" bench lstm --device cuda --sizes 16,8 --batch 2 --seq 3 2>"$BUNDLE/.probe"; then
     echo "note: a CUDA driver is present on this machine"
 else
     grep -q "use --device cpu" "$BUNDLE/.probe" || { cat "$BUNDLE/.probe"; exit 1; }
     echo "no-driver path: $(cat "$BUNDLE/.probe")"
+fi
+if "$BUNDLE/ulmfit" bench lm-step --device cuda --vocab 50 --batch 2 --seq 3 --steps 1 2>"$BUNDLE/.probe"; then
+    echo "note: a CUDA driver is present on this machine"
+else
+    grep -q "use --device cpu" "$BUNDLE/.probe" || { cat "$BUNDLE/.probe"; exit 1; }
 fi
 rm -f "$BUNDLE/.probe"
 

@@ -3,8 +3,10 @@
 # (built by scripts/gpu_check.sh) carried. No cargo or network needed there.
 #   1. the CUDA test binaries with ULMFIT_REQUIRE_GPU=1 (a skip is a failure),
 #   2. `ulmfit bench lstm --device cuda` on the issue's cases (FP32, and TF32 where listed),
-#   3. PyTorch + cuDNN on the same cases and the ours/PyTorch ratios,
-#   4. if time is left, compute-sanitizer memcheck over the FP32 and graph tests.
+#   3. the AWD-LSTM LM training step (`ulmfit bench lm-step --device cuda`, TF32 and FP32)
+#      against the same step in PyTorch (fastai, or its plain-PyTorch twin when fastai is absent),
+#   4. PyTorch + cuDNN on the LSTM cases and the ours/PyTorch ratios,
+#   5. if time is left, compute-sanitizer memcheck over the FP32 and graph tests (LSTM, LM).
 # Logs and results go to $OUT (default ./gpu_out); results.md there is the summary, printed
 # last. Each step has a timeout and the whole run stays under DEADLINE_S seconds.
 set -u
@@ -12,8 +14,8 @@ set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_out}"
 mkdir -p "$OUT"
-B=gpu_bundle
-DEADLINE_S=330
+B="${BUNDLE:-gpu_bundle}"  # override only for a dry run
+DEADLINE_S=350
 START=$(date +%s)
 RESULTS="$OUT/results.md"
 export ULMFIT_REQUIRE_GPU=1 RUST_BACKTRACE=1
@@ -60,7 +62,7 @@ fi
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || echo "nvidia-smi not available"
 
 # 1. tests (one thread: the GPU tests serialize anyway; output shows in order)
-for t in no_driver plan_on_cpu lstm_vs_ref; do
+for t in no_driver plan_on_cpu lstm_vs_ref lm_on_cpu lm_replay lm_vs_ref; do
     step "test $t" 120 "$OUT/test_$t.log" "$B/tests/$t" --test-threads=1 --nocapture
 done
 
@@ -80,12 +82,24 @@ bench 1024_tf32 1024,1024 256 100 --tf32
 bench 512_b1_fp32 512,512 1 200
 bench 256_b32_fp32 256,256 32 35
 
-# 3. PyTorch + cuDNN, same cases, and the ratios
+# 3. the LM training step, ours (check vs reference, then stream, parts, graphs) and
+# PyTorch's; before the cuDNN comparison, whose LSTM figures GPU run 1 already has
+step "lm-step tf32 vs pytorch" 100 "$OUT/lm_step_tf32.log" \
+    python3 scripts/bench_lm_step_torch.py --device cuda --tf32 --steps 20 --ours "$B/ulmfit"
+step "lm-step ours tf32 (parts)" 40 "$OUT/lm_step_ours_tf32.log" \
+    "$B/ulmfit" bench lm-step --device cuda --tf32 --steps 20
+step "lm-step ours fp32 (parts)" 40 "$OUT/lm_step_ours_fp32.log" \
+    "$B/ulmfit" bench lm-step --device cuda --steps 20
+
+# 4. PyTorch + cuDNN, same cases, and the ratios
 step "pytorch cudnn" 150 "$OUT/torch.log" \
     python3 scripts/bench_lstm_cudnn.py --ours "$OUT/ours.jsonl" --json "$OUT/torch.jsonl"
 
-# 4. memory checker over the kernels (skips the OOM test: a refused allocation is reported)
+# 5. memory checker over the kernels (skips the OOM test: a refused allocation is reported)
 if command -v compute-sanitizer >/dev/null; then
+    step "compute-sanitizer memcheck lm" 60 "$OUT/sanitizer_lm.log" \
+        compute-sanitizer --tool memcheck --error-exitcode 3 "$B/tests/lm_vs_ref" \
+        --test-threads=1 --skip tf32 --skip loss_decreases --skip repeat
     step "compute-sanitizer memcheck" 90 "$OUT/sanitizer.log" \
         compute-sanitizer --tool memcheck --error-exitcode 3 "$B/tests/lstm_vs_ref" \
         --test-threads=1 --skip out_of_memory --skip tf32
@@ -120,9 +134,19 @@ fi
     echo '```'
     cat "$OUT/torch.log" 2>/dev/null
     echo '```'
+    echo "## AWD-LSTM LM step: ours vs PyTorch (TF32), and our parts"
+    echo '```'
+    cat "$OUT/lm_step_tf32.log" 2>/dev/null | grep -v -i warn
+    cat "$OUT/lm_step_ours_tf32.log" "$OUT/lm_step_ours_fp32.log" 2>/dev/null
+    echo '```'
+    echo "### LM test losses and max differences (first case; all in test_lm_vs_ref.log)"
+    echo '```'
+    grep -m12 -E "step [12]: loss|^  (loss|grad emb|grad w_hh0|h_n0) " "$OUT/test_lm_vs_ref.log"
+    echo '```'
     echo "## sanitizer (tail)"
     echo '```'
     tail -5 "$OUT/sanitizer.log" 2>/dev/null
+    tail -5 "$OUT/sanitizer_lm.log" 2>/dev/null
     echo '```'
     echo "total $(($(date +%s) - START)) s"
 } >>"$RESULTS"

@@ -52,9 +52,44 @@ pub fn run(a: RunArgs) -> Result<()> {
     if cfg.run.device == DeviceKind::Cuda {
         bail!("training runs on the CPU only so far (the CUDA backend covers the LSTM layer and `bench`); use --device cpu");
     }
+    fetch_missing(&mut cfg)?;
     let r = pipeline::run(&cfg, a.compare_scratch)?;
     println!("{}", serde_json::to_string_pretty(&r)?);
     println!("results written to {}", cfg.run.out_dir.join("results.json").display());
+    Ok(())
+}
+
+/// Downloads the public datasets the config needs but the data directory lacks (from
+/// their canonical addresses, checked by SHA-256).
+fn fetch_missing(cfg: &mut Config) -> Result<()> {
+    use ulmfit_trainer::config::TaskKind;
+    let d = &cfg.data;
+    let mut wanted = Vec::new();
+    if !d.resolve(&d.lm_train).exists() && d.lm_train.starts_with("wikitext-2") {
+        wanted.push("wikitext-2");
+    }
+    match d.task {
+        TaskKind::Trec if !d.resolve(&d.task_path).join("train_5500.label").exists() => wanted.push("trec"),
+        TaskKind::Imdb if !d.resolve(&d.task_path).exists() => wanted.push("imdb"),
+        _ => {}
+    }
+    let root = d.root_dir();
+    for name in wanted {
+        eprintln!("{name} is not under {}: downloading it there", root.display());
+        let mut last = String::new();
+        ulmfit_text::download::download(&root, None, Some(name), &mut |file, done, total| {
+            let line = format!("{file}: {} MB{}", done >> 20, total.map_or(String::new(), |t| format!(" of {} MB", t >> 20)));
+            if line != last {
+                eprint!("\r{line}");
+                last = line;
+            }
+        })
+        .with_context(|| format!("downloading {name} into {} (or set ULMFIT_DATA to a folder that has it)", root.display()))?;
+        eprintln!();
+        if name == "imdb" {
+            cfg.data.task_path = "imdb/aclImdb_v1.tar.gz".into();
+        }
+    }
     Ok(())
 }
 

@@ -1,17 +1,13 @@
 //! The LM step's parts that need no GPU: the kernels compile with NVRTC (where libnvrtc
 //! loads), the mask hash keeps the right fraction and is a pure function of its counters,
-//! the decoder GEMM configs replayed through cuBLAS's column-major semantics give the plain
-//! products, and the CPU reference's gradients match finite differences (dropout on), so
-//! the spec the GPU is checked against is itself checked.
+//! and the CPU reference's gradients match finite differences (dropout on), so the spec the
+//! GPU is checked against is itself checked. The op lists are replayed in lm_replay.rs.
 
 use ulmfit_cuda::device::compile_cached;
 use ulmfit_cuda::lm::kernels::{LM_CU, LM_CU_NAME, NAMES};
 use ulmfit_cuda::lm::mask::{mask_key, scales, unit, Mask};
-use ulmfit_cuda::lm::model::{decoder_gemms, LmBuf};
-use ulmfit_cuda::lm::params::Layout;
 use ulmfit_cuda::lm::reference::{clip_factor, forward_backward, zero_state};
 use ulmfit_cuda::lm::{Dropouts, LmConfig, LmWeights};
-use ulmfit_cuda::plan::ColMajor;
 
 #[test]
 fn lm_kernels_compile_with_nvrtc() {
@@ -26,9 +22,16 @@ fn lm_kernels_compile_with_nvrtc() {
     let ptx = compile_cached(LM_CU_NAME, LM_CU, "compute_90").unwrap_or_else(|e| panic!("{e}"));
     let text = ptx.to_src();
     for name in NAMES {
-        assert!(text.contains(&format!(".entry {name}(")), "PTX lacks kernel {name}");
+        assert!(
+            text.contains(&format!(".entry {name}(")),
+            "PTX lacks kernel {name}"
+        );
     }
-    println!("{LM_CU_NAME} -> {} bytes of PTX, {} kernels", text.len(), NAMES.len());
+    println!(
+        "{LM_CU_NAME} -> {} bytes of PTX, {} kernels",
+        text.len(),
+        NAMES.len()
+    );
 }
 
 #[test]
@@ -39,41 +42,53 @@ fn masks_keep_the_right_fraction_and_repeat() {
         let kept = s.iter().filter(|&&x| x != 0.0).count() as f64 / n as f64;
         // binomial sd = sqrt(p(1-p)/n) <= 1.2e-3; allow 5 sd
         assert!((kept - (1.0 - p as f64)).abs() < 6e-3, "p {p}: kept {kept}");
-        assert!(s.iter().all(|&x| x == 0.0 || x == 1.0 / (1.0 - p)), "p {p}: scale values");
-        assert_eq!(s, scales(7, 3, Mask::Weight(1), n, p), "same counters, same mask");
+        assert!(
+            s.iter().all(|&x| x == 0.0 || x == 1.0 / (1.0 - p)),
+            "p {p}: scale values"
+        );
+        assert_eq!(
+            s,
+            scales(7, 3, Mask::Weight(1), n, p),
+            "same counters, same mask"
+        );
     }
-    assert!(scales(1, 1, Mask::Input, 1000, 0.0).iter().all(|&x| x == 1.0), "p = 0 keeps all");
+    assert!(
+        scales(1, 1, Mask::Input, 1000, 0.0)
+            .iter()
+            .all(|&x| x == 1.0),
+        "p = 0 keeps all"
+    );
     // Every counter changes the mask.
     let base = scales(7, 3, Mask::Hidden(0), 4096, 0.5);
-    for other in [scales(8, 3, Mask::Hidden(0), 4096, 0.5), scales(7, 4, Mask::Hidden(0), 4096, 0.5), scales(7, 3, Mask::Hidden(1), 4096, 0.5), scales(7, 3, Mask::Output, 4096, 0.5)] {
+    for other in [
+        scales(8, 3, Mask::Hidden(0), 4096, 0.5),
+        scales(7, 4, Mask::Hidden(0), 4096, 0.5),
+        scales(7, 3, Mask::Hidden(1), 4096, 0.5),
+        scales(7, 3, Mask::Output, 4096, 0.5),
+    ] {
         let same = base.iter().zip(&other).filter(|(a, b)| a == b).count();
-        assert!(same < 2300, "masks from different counters agree on {same} of 4096");
+        assert!(
+            same < 2300,
+            "masks from different counters agree on {same} of 4096"
+        );
     }
     let u: Vec<f32> = (0..1000).map(|k| unit(mask_key(0, 1, 2), k)).collect();
     assert!(u.iter().all(|&x| (0.0..1.0).contains(&x)));
 }
 
-/// BLAS semantics of cublasSgemm (column-major, alpha = 1, beta = 0) on named host buffers.
-fn sgemm_col_major(bufs: &mut [Vec<f32>], cm: &ColMajor<LmBuf>) {
-    let (a, b) = (&bufs[cm.a.buf as usize][cm.a.off..], &bufs[cm.b.buf as usize][cm.b.off..]);
-    let mut c = vec![0.0f32; cm.m * cm.n];
-    for j in 0..cm.n {
-        for i in 0..cm.m {
-            let av = |l: usize| if cm.transa { a[l + i * cm.lda] } else { a[i + l * cm.lda] };
-            let bv = |l: usize| if cm.transb { b[j + l * cm.ldb] } else { b[l + j * cm.ldb] };
-            c[i + j * cm.m] = (0..cm.k).map(|l| av(l) * bv(l)).sum();
-        }
-    }
-    let out = &mut bufs[cm.c.buf as usize][cm.c.off..];
-    for j in 0..cm.n {
-        for i in 0..cm.m {
-            out[i + j * cm.ldc] = c[i + j * cm.m];
-        }
-    }
-}
-
 fn small_cfg(drop: Dropouts) -> LmConfig {
-    LmConfig { vocab: 50, emb: 8, hidden: 12, layers: 3, t: 5, b: 3, drop, alpha: 2.0, beta: 1.0, seed: 11 }
+    LmConfig {
+        vocab: 50,
+        emb: 8,
+        hidden: 12,
+        layers: 3,
+        t: 5,
+        b: 3,
+        drop,
+        alpha: 2.0,
+        beta: 1.0,
+        seed: 11,
+    }
 }
 
 fn batch(cfg: &LmConfig, salt: u32) -> (Vec<u32>, Vec<u32>) {
@@ -83,48 +98,15 @@ fn batch(cfg: &LmConfig, salt: u32) -> (Vec<u32>, Vec<u32>) {
 }
 
 #[test]
-fn decoder_gemm_configs_compute_the_plain_products() {
-    let cfg = small_cfg(Dropouts::off());
-    let layout = Layout::new(&cfg);
-    let (n, e, v) = (cfg.rows(), cfg.emb, cfg.vocab);
-    let w = LmWeights::init(&cfg, 3);
-    let fill = |len: usize, s: u64| (0..len).map(|k| unit(mask_key(s, 0, 0), k as u64) - 0.5).collect::<Vec<f32>>();
-    // Indexed by LmBuf: Params, Grads, Dropped, DDropped, Logits, Ones (NaN where written).
-    let mut bufs = vec![w.flatten(), vec![f32::NAN; layout.total], fill(n * e, 1), vec![f32::NAN; n * e], vec![f32::NAN; n * v], vec![1.0; n]];
-    let [logits, ddrop, demb, dbias] = decoder_gemms(&cfg, &layout);
-    sgemm_col_major(&mut bufs, &logits.col_major());
-    let (drop, emb) = (bufs[LmBuf::Dropped as usize].clone(), w.emb.clone());
-    for r in 0..n {
-        for j in 0..v {
-            let want: f32 = (0..e).map(|k| drop[r * e + k] * emb[j * e + k]).sum();
-            let got = bufs[LmBuf::Logits as usize][r * v + j];
-            assert!((got - want).abs() <= 1e-5, "logits[{r},{j}] {got} vs {want}");
-        }
-    }
-    // Backward GEMMs on a stand-in dlogits.
-    bufs[LmBuf::Logits as usize] = fill(n * v, 2);
-    let dl = bufs[LmBuf::Logits as usize].clone();
-    for g in [ddrop, demb, dbias] {
-        sgemm_col_major(&mut bufs, &g.col_major());
-    }
-    let close = |what: &str, got: f32, want: f32| assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{what}: {got} vs {want}");
-    for r in 0..n {
-        for k in 0..e {
-            close("ddropped", bufs[LmBuf::DDropped as usize][r * e + k], (0..v).map(|j| dl[r * v + j] * emb[j * e + k]).sum());
-        }
-    }
-    for j in 0..v {
-        for k in 0..e {
-            close("demb", bufs[LmBuf::Grads as usize][layout.emb + j * e + k], (0..n).map(|r| dl[r * v + j] * drop[r * e + k]).sum());
-        }
-        close("dbias", bufs[LmBuf::Grads as usize][layout.dec_bias + j], (0..n).map(|r| dl[r * v + j]).sum());
-    }
-}
-
-#[test]
 fn reference_gradients_match_finite_differences() {
     // Dropout on (masks depend only on the counters, so the loss is a fixed function).
-    let cfg = small_cfg(Dropouts { embed: 0.1, input: 0.2, weight: 0.2, hidden: 0.2, output: 0.2 });
+    let cfg = small_cfg(Dropouts {
+        embed: 0.1,
+        input: 0.2,
+        weight: 0.2,
+        hidden: 0.2,
+        output: 0.2,
+    });
     let w = LmWeights::init(&cfg, 5);
     let (ids, targets) = batch(&cfg, 1);
     let state = zero_state(&cfg);
@@ -152,7 +134,10 @@ fn reference_gradients_match_finite_differences() {
             let k = at + i;
             let fd = ((loss_at(k, eps) - loss_at(k, -eps)) / (2.0 * eps as f64)) as f32;
             let g = grads[k];
-            assert!((fd - g).abs() <= 2e-3 * scale + 3e-2 * g.abs(), "{name}[{i}]: analytic {g:e} vs finite difference {fd:e} (max |grad| {scale:e})");
+            assert!(
+                (fd - g).abs() <= 2e-3 * scale + 3e-2 * g.abs(),
+                "{name}[{i}]: analytic {g:e} vs finite difference {fd:e} (max |grad| {scale:e})"
+            );
             checked += 1;
         }
         at += part.len();
@@ -166,9 +151,16 @@ fn reference_gradients_match_finite_differences() {
 fn config_errors_name_the_problem() {
     let mut cfg = small_cfg(Dropouts::off());
     cfg.drop.weight = 1.0;
-    let e = cfg.validate().expect_err("p = 1 must be refused").to_string();
+    let e = cfg
+        .validate()
+        .expect_err("p = 1 must be refused")
+        .to_string();
     assert!(e.contains("weight") && e.contains("[0, 1)"), "{e}");
     cfg = small_cfg(Dropouts::off());
     cfg.t = 0;
-    assert!(cfg.validate().expect_err("T = 0").to_string().contains("positive"));
+    assert!(cfg
+        .validate()
+        .expect_err("T = 0")
+        .to_string()
+        .contains("positive"));
 }

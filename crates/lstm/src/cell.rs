@@ -43,7 +43,7 @@ impl Isa {
 pub struct CellFwd<'a> {
     /// In: pre-activations `x W_ih^T + h W_hh^T` (no bias); out: activated gates. [rows, 4H]
     pub gates: &'a mut [f32],
-    /// `b_ih + b_hh`, [4H]
+    /// `b_ih + b_hh`, `[4H]`
     pub bias: &'a [f32],
     /// c_{t-1}, [rows, H]
     pub c_prev: &'a [f32],

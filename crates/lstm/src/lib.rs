@@ -1,6 +1,6 @@
 //! ulmfit-lstm: the LSTM layer of ulmfit-rs, fused for the CPU.
 //!
-//! - [`reference`]: plain loops, the spec (gate order i, f, g, o as PyTorch).
+//! - [`reference`](mod@reference): plain loops, the spec (gate order i, f, g, o as PyTorch).
 //! - [`layer`]: the fused layer, forward and backward through time over a whole sequence.
 //! - [`op`]: the fused layer as one `ulmfit_tensor` autograd op.
 //! - [`cell`]: the per-step fused cell kernels (AVX-512, AVX2+FMA, scalar), picked at run time.

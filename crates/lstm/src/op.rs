@@ -1,7 +1,7 @@
 //! The fused LSTM layer as ONE autograd op of `ulmfit_tensor`: forward and backward through
 //! time run in `layer.rs`, the graph records a single node.
 //!
-//! Inputs x [T, B, I], w_ih [4H, I], w_hh [4H, H], b_ih [4H], b_hh [4H], h0 and c0 [B, H];
+//! Inputs x [T, B, I], w_ih [4H, I], w_hh [4H, H], b_ih `[4H]`, b_hh `[4H]`, h0 and c0 [B, H];
 //! output y [T, B, H]. The final state (h_n, c_n) comes back as constants: callers carry it
 //! into the next call detached (truncated BPTT). Checked against the same LSTM composed
 //! from autograd ops (matmul, narrow, sigmoid, tanh, mul, add) in tests/op.rs.

@@ -33,9 +33,9 @@ pub struct LstmParams<'a> {
     pub w_ih: &'a [f32],
     /// [4H, H]
     pub w_hh: &'a [f32],
-    /// [4H]
+    /// `[4H]`
     pub b_ih: &'a [f32],
-    /// [4H]
+    /// `[4H]`
     pub b_hh: &'a [f32],
 }
 
@@ -63,9 +63,9 @@ pub struct LstmGrads {
     pub dw_ih: Vec<f32>,
     /// [4H, H]
     pub dw_hh: Vec<f32>,
-    /// [4H]
+    /// `[4H]`
     pub db_ih: Vec<f32>,
-    /// [4H]
+    /// `[4H]`
     pub db_hh: Vec<f32>,
 }
 

@@ -6,9 +6,9 @@
 //! layer by layer in tests/stack.rs.
 
 use crate::cell::Isa;
-use rayon::prelude::*;
 use crate::layer::{self, Saved};
 use crate::reference::{LstmDims, LstmGrads, LstmParams};
+use rayon::prelude::*;
 
 /// Weights of one layer, PyTorch layout and gate order (i, f, g, o).
 #[derive(Clone, Debug)]
@@ -21,9 +21,9 @@ pub struct LayerWeights {
     pub w_ih: Vec<f32>,
     /// [4H, H]
     pub w_hh: Vec<f32>,
-    /// [4H]
+    /// `[4H]`
     pub b_ih: Vec<f32>,
-    /// [4H]
+    /// `[4H]`
     pub b_hh: Vec<f32>,
 }
 
@@ -91,7 +91,9 @@ impl DropMask {
     pub fn apply_grad(&self, x: &mut [f32]) {
         const CHUNK: usize = 1 << 14;
         x.par_chunks_mut(CHUNK).enumerate().for_each(|(c, part)| {
-            part.iter_mut().enumerate().for_each(|(k, v)| *v *= self.scale(c * CHUNK + k));
+            part.iter_mut()
+                .enumerate()
+                .for_each(|(k, v)| *v *= self.scale(c * CHUNK + k));
         });
     }
 }
@@ -162,7 +164,10 @@ impl LstmStack {
         for (l, w) in self.layers.iter().enumerate() {
             let d = LstmDims { t, b, i: w.i, h: w.h };
             let dropped = (train && self.weight_p > 0.0).then(|| {
-                let m = DropMask { p: self.weight_p, seed: seed ^ ((l as u64) << 32) };
+                let m = DropMask {
+                    p: self.weight_p,
+                    seed: seed ^ ((l as u64) << 32),
+                };
                 let mut w_hh = Vec::new();
                 m.apply(&w.w_hh, &mut w_hh);
                 (w_hh, m)
@@ -175,7 +180,14 @@ impl LstmStack {
             if !train {
                 layers.clear(); // only the layer above reads this output
             }
-            layers.push(LayerTrace { d, h0, c0, y: out.y, dropped, saved });
+            layers.push(LayerTrace {
+                d,
+                h0,
+                c0,
+                y: out.y,
+                dropped,
+                saved,
+            });
         }
         let top = layers.last().map_or_else(Vec::new, |l| l.y.clone());
         (top, train.then(|| StackTrace { x: x.to_vec(), layers }))

@@ -1,10 +1,10 @@
 //! Single-precision GEMM on the CPU: `C = alpha * op(A) * op(B) + beta * C`.
 //!
 //! Every matrix product in the engine (matmul, linear, the LSTM's input and recurrent
-//! projections) lands here. The kernel is `matrixmultiply::sgemm`; this file only splits
-//! the output into column (or row) panels, one per rayon thread, when the product is big
-//! enough for the split to pay. Measured on the 2-core dev machine at 64x1152 · 1152x4608:
-//! ~75 GFLOP/s on one thread, ~122 GFLOP/s split over N on two.
+//! projections) lands here. On CPUs with AVX-512 it runs our own packed kernel
+//! (`crate::sgemm`); elsewhere `matrixmultiply::sgemm`, with the output split into column
+//! (or row) panels, one per rayon thread, when the product is big enough for the split to
+//! pay (`portable_sgemm`, also the reference the AVX-512 kernel is tested against).
 //!
 //! Matrices are described by a base slice plus row and column strides, so transposed
 //! operands cost nothing: `A^T` of a row-major `[K, M]` buffer is `MatRef { rs: 1, cs: M }`.
@@ -55,7 +55,13 @@ unsafe impl Sync for OutPtr {}
 /// `C[M,N] = alpha * A[M,K] · B[K,N] + beta * C`, with `C` row-major and contiguous.
 ///
 /// With `beta == 0` the old contents of `C` are never read (NaNs in it do not leak).
+/// Every element of C is summed in a fixed order, whatever the thread count.
 pub fn sgemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32]) {
+    crate::sgemm::gemm(alpha, a, b, beta, c)
+}
+
+/// The portable path of `sgemm`: matrixmultiply, split into panels over rayon's threads.
+pub fn portable_sgemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32]) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ: A is [{}x{}], B is [{}x{}]", a.rows, a.cols, b.rows, b.cols);
     assert_eq!(c.len(), m * n, "gemm: C has {} elements, expected [{m}x{n}]", c.len());
@@ -138,7 +144,7 @@ mod tests {
             let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect(); // [N,K]
             let want = naive(MatRef::new(&a, m, k), MatRef::new(&b, k, n));
             let mut c = vec![f32::NAN; m * n];
-            sgemm(1.0, MatRef::new(&a, m, k), MatRef::new(&bt, n, k).t(), 0.0, &mut c);
+            portable_sgemm(1.0, MatRef::new(&a, m, k), MatRef::new(&bt, n, k).t(), 0.0, &mut c);
             for (x, y) in c.iter().zip(&want) {
                 assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{m}x{k}x{n}: {x} vs {y}");
             }

@@ -10,9 +10,13 @@ use ulmfit_text::datasets::for_each_imdb;
 use ulmfit_text::{Bptt, ClassifierBatches, CorpusBuilder, LmStream, Tokenizer};
 
 fn main() -> ulmfit_text::Result<()> {
-    let path = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/imdb/aclImdb_labeled.tar.gz")
-    });
+    let path = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../../shared/data/imdb/aclImdb_labeled.tar.gz")
+        });
     let tok = Tokenizer::new();
     let mut builder = CorpusBuilder::new(&tok);
     let (mut chunk, mut labels) = (Vec::new(), Vec::new());
@@ -31,11 +35,11 @@ fn main() -> ulmfit_text::Result<()> {
     let (vocab, corpus) = builder.finish(60000, 3);
     let t_tok = t0.elapsed().as_secs_f64();
     let (mut n_lm, mut n_clas, mut sum) = (0usize, 0usize, 0u64);
-    for b in LmStream::new(&corpus, 64, Bptt::Random(70), true, 1, 0) {
+    for b in LmStream::new(&corpus, 64, Bptt::Random(70), true, 1, 0)? {
         n_lm += 1;
         sum += b.x[0] as u64 + b.y[b.y.len() - 1] as u64;
     }
-    for b in ClassifierBatches::new(&corpus, &labels, 64, 72, true, 1, 0) {
+    for b in ClassifierBatches::new(&corpus, &labels, 64, 72, true, 1, 0)? {
         n_clas += 1;
         sum += b.x[0] as u64;
     }

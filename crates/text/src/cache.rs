@@ -80,7 +80,7 @@ pub fn load_ids(path: &Path) -> Result<Corpus> {
     };
     let mut f = fs::File::open(path).map_err(io_err(path))?;
     let len = f.metadata().map_err(io_err(path))?.len() as usize;
-    if len % 4 != 0 || len < 16 {
+    if len & 3 != 0 || len < 16 {
         return Err(bad(format!("{len} bytes is not a u32 id file")));
     }
     let mut words = vec![0u32; len / 4];

@@ -9,18 +9,17 @@ use crate::en_tables as t;
 /// True if `c` lies in one of the sorted, disjoint inclusive ranges of `table`.
 pub(crate) fn in_ranges(c: char, table: &[(u32, u32)]) -> bool {
     let c = c as u32;
-    match table.binary_search_by(|&(lo, hi)| {
-        if hi < c {
-            std::cmp::Ordering::Less
-        } else if lo > c {
-            std::cmp::Ordering::Greater
-        } else {
-            std::cmp::Ordering::Equal
-        }
-    }) {
-        Ok(_) => true,
-        Err(_) => false,
-    }
+    table
+        .binary_search_by(|&(lo, hi)| {
+            if hi < c {
+                std::cmp::Ordering::Less
+            } else if lo > c {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        })
+        .is_ok()
 }
 
 /// Python's `str.isspace()` (the `\s` of `re`).

@@ -135,7 +135,7 @@ pub fn download(
 ) -> Result<Vec<Outcome>> {
     let files: Vec<&RemoteFile> = FILES
         .iter()
-        .filter(|f| only.map_or(true, |o| f.dataset == o))
+        .filter(|f| only.is_none() || only == Some(f.dataset))
         .collect();
     if files.is_empty() {
         let names: Vec<&str> = FILES.iter().map(|f| f.dataset).collect();

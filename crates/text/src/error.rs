@@ -7,37 +7,61 @@ use std::path::PathBuf;
 pub enum TextError {
     /// A file could not be opened, read or written.
     #[error("{path}: {err}")]
-    Io { path: PathBuf, err: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        err: std::io::Error,
+    },
     /// A file is not valid UTF-8 (line is 1-based).
     #[error("{path}:{line}: invalid UTF-8 (byte offset {offset})")]
     Utf8 {
+        /// The file.
         path: PathBuf,
+        /// 1-based line of the first invalid byte.
         line: usize,
+        /// Byte offset of the first invalid byte.
         offset: usize,
     },
     /// A file does not follow its format.
     #[error("{path}:{line}: {msg}")]
     Format {
+        /// The file.
         path: PathBuf,
+        /// 1-based line (0 for binary files).
         line: usize,
+        /// What is wrong.
         msg: String,
     },
     /// A requested column is not in the header.
     #[error("{path}: no column {column:?} (columns: {columns})")]
     MissingColumn {
+        /// The file.
         path: PathBuf,
+        /// The column asked for.
         column: String,
+        /// The columns the file has, comma separated.
         columns: String,
     },
     /// The input holds no documents (or no labels where labels are needed).
     #[error("{path}: {what}")]
-    Empty { path: PathBuf, what: String },
+    Empty {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is missing.
+        what: String,
+    },
     /// Arguments that cannot work with the data (e.g. a corpus smaller than one batch).
     #[error("{0}")]
     Invalid(String),
     /// A download failed or its checksum did not match.
     #[error("download {url}: {msg}")]
-    Download { url: String, msg: String },
+    Download {
+        /// The address.
+        url: String,
+        /// What went wrong.
+        msg: String,
+    },
 }
 
 /// Result with [`TextError`].

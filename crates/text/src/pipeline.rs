@@ -101,7 +101,7 @@ pub fn download_with_progress(
 ) -> Result<Vec<crate::download::Outcome>> {
     let mut bar: Option<(String, ProgressBar)> = None;
     let result = crate::download::download(dest, base_url, only, &mut |url, done, total| {
-        if bar.as_ref().map_or(true, |(u, _)| u != url) {
+        if !matches!(&bar, Some((u, _)) if u == url) {
             if let Some((_, b)) = bar.take() {
                 b.finish();
             }

@@ -43,19 +43,21 @@ pub fn fix_html(x: &str) -> String {
 /// fastai `replace_rep`: a non-space character repeated 3+ times -> ` xxrep N c `.
 pub fn replace_rep(t: &str) -> String {
     let mut out = String::with_capacity(t.len() + 16);
-    let mut it = t.chars().peekable();
-    while let Some(c) = it.next() {
+    let mut copied = 0;
+    let mut it = t.char_indices().peekable();
+    while let Some((i, c)) = it.next() {
         let mut n = 1;
-        while it.peek() == Some(&c) {
+        while it.peek().map(|&(_, d)| d) == Some(c) {
             it.next();
             n += 1;
         }
         if n >= 3 && !is_space(c) {
+            out.push_str(&t[copied..i]);
             out.push_str(&format!(" xxrep {n} {c} "));
-        } else {
-            (0..n).for_each(|_| out.push(c));
+            copied = i + n * c.len_utf8();
         }
     }
+    out.push_str(&t[copied..]);
     out
 }
 
@@ -124,7 +126,13 @@ fn wrep_at(t: &str, p: usize) -> Option<(usize, &str, usize, &str)> {
 pub fn replace_wrep(t: &str) -> String {
     let mut out = String::with_capacity(t.len() + 16);
     let (mut copied, mut p) = (0, 0);
+    let bytes = t.as_bytes();
     while p < t.len() {
+        // A match starts only at the beginning or at a whitespace character.
+        if p > 0 && bytes[p] < 0x80 && !is_space(bytes[p] as char) {
+            p += 1;
+            continue;
+        }
         if let Some((end, word, n, e)) = wrep_at(t, p) {
             out.push_str(&t[copied..p]);
             out.push_str(&format!(" xxwrep {n} {word} {e}"));
@@ -140,6 +148,9 @@ pub fn replace_wrep(t: &str) -> String {
 
 /// fastai `spec_add_spaces`: spaces around `/`, `#` and `\`.
 pub fn spec_add_spaces(t: &str) -> String {
+    if !t.contains(['/', '#', '\\']) {
+        return t.to_string();
+    }
     let mut out = String::with_capacity(t.len() + 8);
     for c in t.chars() {
         if matches!(c, '/' | '#' | '\\') {
@@ -155,6 +166,9 @@ pub fn spec_add_spaces(t: &str) -> String {
 
 /// fastai `rm_useless_spaces`: runs of 2+ spaces (U+0020 only) -> one space.
 pub fn rm_useless_spaces(t: &str) -> String {
+    if !t.contains("  ") {
+        return t.to_string();
+    }
     let mut out = String::with_capacity(t.len());
     let mut prev_space = false;
     for c in t.chars() {
@@ -167,36 +181,36 @@ pub fn rm_useless_spaces(t: &str) -> String {
     out
 }
 
-/// Rewrites each maximal non-space run `w` with `f(w)` (`None` keeps it). This is what fastai's
-/// `(\s|^)(...)(?=(\s|$))` substitutions amount to when the pattern spans the whole run.
-fn map_words(t: &str, f: impl Fn(&str) -> Option<String>) -> String {
+/// Rewrites each maximal non-space run `w` that starts with an ASCII capital with `f(w)`
+/// (`None` keeps it). This is what fastai's `(\s|^)([A-Z]...)(?=(\s|$))` substitutions amount
+/// to: the pattern must span the whole run. Unchanged text is copied in whole segments.
+fn map_capitalised_words(t: &str, f: impl Fn(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(t.len() + 16);
-    let mut start = None;
+    let (mut copied, mut start): (usize, Option<usize>) = (0, None);
     for (i, c) in t.char_indices().chain(std::iter::once((t.len(), ' '))) {
-        match (is_space(c) || i == t.len(), start) {
+        match (is_space(c), start) {
             (true, Some(s)) => {
-                let w = &t[s..i];
-                match f(w) {
-                    Some(r) => out.push_str(&r),
-                    None => out.push_str(w),
+                if t.as_bytes()[s].is_ascii_uppercase() {
+                    if let Some(r) = f(&t[s..i]) {
+                        out.push_str(&t[copied..s]);
+                        out.push_str(&r);
+                        copied = i;
+                    }
                 }
                 start = None;
             }
             (false, None) => start = Some(i),
             _ => {}
         }
-        if is_space(c) && i < t.len() {
-            out.push(c);
-        }
     }
+    out.push_str(&t[copied..]);
     out
 }
 
 /// fastai `replace_all_caps`: `([A-Z]+[^a-z\s]*)` words -> `xxup` + lowercase (if longer than 1).
 pub fn replace_all_caps(t: &str) -> String {
-    map_words(t, |w| {
-        let first_upper = w.as_bytes()[0].is_ascii_uppercase();
-        if !first_upper || w.bytes().any(|b| b.is_ascii_lowercase()) {
+    map_capitalised_words(t, |w| {
+        if w.bytes().any(|b| b.is_ascii_lowercase()) {
             return None;
         }
         let tag = if w.chars().nth(1).is_some() {
@@ -210,9 +224,8 @@ pub fn replace_all_caps(t: &str) -> String {
 
 /// fastai `replace_maj`: `([A-Z][^A-Z\s]*)` words -> `xxmaj` + lowercase (if longer than 1).
 pub fn replace_maj(t: &str) -> String {
-    map_words(t, |w| {
-        let b = w.as_bytes();
-        if !b[0].is_ascii_uppercase() || b[1..].iter().any(|b| b.is_ascii_uppercase()) {
+    map_capitalised_words(t, |w| {
+        if w.as_bytes()[1..].iter().any(|b| b.is_ascii_uppercase()) {
             return None;
         }
         let tag = if w.chars().nth(1).is_some() {
@@ -249,7 +262,8 @@ mod tests {
     #[test]
     fn rules_match_fastai_examples() {
         // Expected values printed by fastai.text.core's rules (fastai 2.8).
-        let cases: [(fn(&str) -> String, &str, &str); 12] = [
+        type Rule = fn(&str) -> String;
+        let cases: [(Rule, &str, &str); 12] = [
             (
                 replace_rep,
                 "I'm so excited!!!!!!!!",

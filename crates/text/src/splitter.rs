@@ -20,8 +20,8 @@ use crate::url::url_match;
 pub struct Splitter {
     /// Special case string -> its tokens.
     specials: HashMap<&'static str, Vec<&'static str>, FxBuildHasher>,
-    /// Matcher patterns (tokens without special cases) grouped by first token: (pattern, key).
-    patterns: HashMap<&'static str, Vec<(&'static [&'static str], &'static str)>, FxBuildHasher>,
+    /// Special-case matcher patterns (tokens without special cases), grouped by first token.
+    patterns: HashMap<&'static str, Vec<&'static [&'static str]>, FxBuildHasher>,
 }
 
 impl Default for Splitter {
@@ -38,7 +38,7 @@ impl Splitter {
         for &(key, toks, pattern) in SPECIAL_CASES {
             specials.insert(key, toks.to_vec());
             if let Some(first) = pattern.first() {
-                patterns.entry(*first).or_default().push((pattern, key));
+                patterns.entry(*first).or_default().push(pattern);
             }
         }
         for tok in SPECIAL_TOKENS {
@@ -85,6 +85,11 @@ impl Splitter {
     fn chunk<'a>(&self, s: &'a str, out: &mut Vec<&'a str>) {
         if let Some(toks) = self.specials.get(s) {
             out.extend(toks.iter().copied());
+            return;
+        }
+        // Fast path: plain lowercase ASCII words have no prefix, suffix, URL or infix.
+        if s.bytes().all(|b| b.is_ascii_lowercase()) {
+            out.push(s);
             return;
         }
         let mut prefixes: Vec<&'a str> = Vec::new();
@@ -161,7 +166,7 @@ impl Splitter {
             let Some(cands) = self.patterns.get(toks[i]) else {
                 continue;
             };
-            for &(pat, _) in cands {
+            for &pat in cands {
                 if toks.len() - i >= pat.len() && toks[i..i + pat.len()] == *pat {
                     matches.push((i, i + pat.len()));
                 }

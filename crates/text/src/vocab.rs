@@ -45,7 +45,7 @@ impl Vocab {
         );
         itos.truncate(max_vocab);
         let pad = 8 - itos.len() % 8;
-        itos.extend(std::iter::repeat("xxfake".to_string()).take(pad));
+        itos.extend(vec!["xxfake".to_string(); pad]);
         Vocab::from_itos(itos)
     }
 

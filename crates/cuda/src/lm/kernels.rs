@@ -68,20 +68,36 @@ pub struct LmKernels {
 /// Grid for a grid-stride loop over `n` elements.
 fn stride_grid(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// `blocks` blocks of `threads`.
 fn blocks(blocks: usize, threads: u32) -> LaunchConfig {
-    LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 impl LmKernels {
     /// Compiles (once per process) and loads the LM kernels into `gpu`'s context.
     pub fn load(gpu: &Gpu) -> Result<Self> {
-        let (major, minor) = gpu.stream().context().compute_capability().op("compute capability")?;
+        let (major, minor) = gpu
+            .stream()
+            .context()
+            .compute_capability()
+            .op("compute capability")?;
         let ptx = compile_cached(LM_CU_NAME, LM_CU, &ptx_arch(major, minor))?;
-        let module = gpu.stream().context().load_module(ptx).op("load kernels/lm_*.cu PTX")?;
+        let module = gpu
+            .stream()
+            .context()
+            .load_module(ptx)
+            .op("load kernels/lm_*.cu PTX")?;
         let funcs = NAMES
             .iter()
             .map(|name| module.load_function(name).op(&format!("load {name}")))
@@ -91,7 +107,10 @@ impl LmKernels {
 
     /// Launches kernel `name` with `args` in the kernel's parameter order.
     fn launch(&self, gpu: &Gpu, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
-        let k = NAMES.iter().position(|n| *n == name).expect("kernel name is in NAMES");
+        let k = NAMES
+            .iter()
+            .position(|n| *n == name)
+            .expect("kernel name is in NAMES");
         let mut lb = gpu.stream().launch_builder(&self.funcs[k]);
         for a in args {
             match a {
@@ -110,20 +129,74 @@ impl LmKernels {
 
     /// `lm_dropout`: out[k] = inp[k] * mask(k % period), n elements (out may equal inp).
     #[allow(clippy::too_many_arguments)]
-    pub fn lm_dropout(&self, gpu: &Gpu, out: u64, inp: u64, n: usize, period: usize, p: f32, mask: u32, seed: u64, step: u64) -> Result<()> {
-        let args = [Arg::Ptr(out), Arg::Ptr(inp), Arg::I64(n as i64), Arg::I64(period as i64), Arg::F32(p), Arg::U32(mask), Arg::U64(seed), Arg::Ptr(step)];
+    pub fn lm_dropout(
+        &self,
+        gpu: &Gpu,
+        out: u64,
+        inp: u64,
+        n: usize,
+        period: usize,
+        p: f32,
+        mask: u32,
+        seed: u64,
+        step: u64,
+    ) -> Result<()> {
+        let args = [
+            Arg::Ptr(out),
+            Arg::Ptr(inp),
+            Arg::I64(n as i64),
+            Arg::I64(period as i64),
+            Arg::F32(p),
+            Arg::U32(mask),
+            Arg::U64(seed),
+            Arg::Ptr(step),
+        ];
         self.launch(gpu, "lm_dropout", stride_grid(n), &args)
     }
 
     /// Arguments shared by `lm_embed_fwd` and `lm_embed_bwd` after the first two pointers.
     #[allow(clippy::too_many_arguments)]
-    fn embed_args(ids: u64, tb: usize, b: usize, e: usize, p_word: f32, t_word: u32, p_input: f32, t_input: u32, seed: u64, step: u64) -> [Arg; 10] {
-        [Arg::Ptr(ids), Arg::I32(tb as i32), Arg::I32(b as i32), Arg::I32(e as i32), Arg::F32(p_word), Arg::U32(t_word), Arg::F32(p_input), Arg::U32(t_input), Arg::U64(seed), Arg::Ptr(step)]
+    fn embed_args(
+        ids: u64,
+        tb: usize,
+        b: usize,
+        e: usize,
+        p_word: f32,
+        t_word: u32,
+        p_input: f32,
+        t_input: u32,
+        seed: u64,
+        step: u64,
+    ) -> [Arg; 10] {
+        [
+            Arg::Ptr(ids),
+            Arg::I32(tb as i32),
+            Arg::I32(b as i32),
+            Arg::I32(e as i32),
+            Arg::F32(p_word),
+            Arg::U32(t_word),
+            Arg::F32(p_input),
+            Arg::U32(t_input),
+            Arg::U64(seed),
+            Arg::Ptr(step),
+        ]
     }
 
     /// `lm_embed_fwd`: x [T*B, E] = emb[ids] with word and input dropout.
     #[allow(clippy::too_many_arguments)]
-    pub fn lm_embed_fwd(&self, gpu: &Gpu, x: u64, emb: u64, ids: u64, tb: usize, b: usize, e: usize, masks: [(f32, u32); 2], seed: u64, step: u64) -> Result<()> {
+    pub fn lm_embed_fwd(
+        &self,
+        gpu: &Gpu,
+        x: u64,
+        emb: u64,
+        ids: u64,
+        tb: usize,
+        b: usize,
+        e: usize,
+        masks: [(f32, u32); 2],
+        seed: u64,
+        step: u64,
+    ) -> Result<()> {
         let [(pw, tw), (pi, ti)] = masks;
         let mut args = vec![Arg::Ptr(x), Arg::Ptr(emb)];
         args.extend(Self::embed_args(ids, tb, b, e, pw, tw, pi, ti, seed, step));
@@ -132,7 +205,19 @@ impl LmKernels {
 
     /// `lm_embed_bwd`: demb [V, E] += scatter of dx [T*B, E] through the same masks.
     #[allow(clippy::too_many_arguments)]
-    pub fn lm_embed_bwd(&self, gpu: &Gpu, demb: u64, dx: u64, ids: u64, tb: usize, b: usize, e: usize, masks: [(f32, u32); 2], seed: u64, step: u64) -> Result<()> {
+    pub fn lm_embed_bwd(
+        &self,
+        gpu: &Gpu,
+        demb: u64,
+        dx: u64,
+        ids: u64,
+        tb: usize,
+        b: usize,
+        e: usize,
+        masks: [(f32, u32); 2],
+        seed: u64,
+        step: u64,
+    ) -> Result<()> {
         let [(pw, tw), (pi, ti)] = masks;
         let mut args = vec![Arg::Ptr(demb), Arg::Ptr(dx)];
         args.extend(Self::embed_args(ids, tb, b, e, pw, tw, pi, ti, seed, step));
@@ -143,34 +228,122 @@ impl LmKernels {
 
     /// `lm_reg_fwd`: dropped = raw * output mask, per-row AR and TAR sums.
     #[allow(clippy::too_many_arguments)]
-    pub fn lm_reg_fwd(&self, gpu: &Gpu, dropped: u64, ar: u64, tar: u64, raw: u64, n: usize, b: usize, e: usize, p_out: f32, t_out: u32, seed: u64, step: u64) -> Result<()> {
-        let args = [Arg::Ptr(dropped), Arg::Ptr(ar), Arg::Ptr(tar), Arg::Ptr(raw), Arg::I32(b as i32), Arg::I32(e as i32), Arg::F32(p_out), Arg::U32(t_out), Arg::U64(seed), Arg::Ptr(step)];
+    pub fn lm_reg_fwd(
+        &self,
+        gpu: &Gpu,
+        dropped: u64,
+        ar: u64,
+        tar: u64,
+        raw: u64,
+        n: usize,
+        b: usize,
+        e: usize,
+        p_out: f32,
+        t_out: u32,
+        seed: u64,
+        step: u64,
+    ) -> Result<()> {
+        let args = [
+            Arg::Ptr(dropped),
+            Arg::Ptr(ar),
+            Arg::Ptr(tar),
+            Arg::Ptr(raw),
+            Arg::I32(b as i32),
+            Arg::I32(e as i32),
+            Arg::F32(p_out),
+            Arg::U32(t_out),
+            Arg::U64(seed),
+            Arg::Ptr(step),
+        ];
         self.launch(gpu, "lm_reg_fwd", blocks(n, 128), &args)
     }
 
     /// `lm_xent`: per row, softmax cross-entropy into ce [N] and dL/dlogits in place.
-    pub fn lm_xent(&self, gpu: &Gpu, logits: u64, ce: u64, bias: u64, targets: u64, n: usize, v: usize) -> Result<()> {
-        let args = [Arg::Ptr(logits), Arg::Ptr(ce), Arg::Ptr(bias), Arg::Ptr(targets), Arg::I32(v as i32), Arg::F32(1.0 / n as f32)];
+    #[allow(clippy::too_many_arguments)]
+    pub fn lm_xent(
+        &self,
+        gpu: &Gpu,
+        logits: u64,
+        ce: u64,
+        bias: u64,
+        targets: u64,
+        n: usize,
+        v: usize,
+    ) -> Result<()> {
+        let args = [
+            Arg::Ptr(logits),
+            Arg::Ptr(ce),
+            Arg::Ptr(bias),
+            Arg::Ptr(targets),
+            Arg::I32(v as i32),
+            Arg::F32(1.0 / n as f32),
+        ];
         self.launch(gpu, "lm_xent", blocks(n, WIDE), &args)
     }
 
     /// `lm_loss_sum`: out [4] = (total, ce, alpha AR, beta TAR) from the row sums.
     #[allow(clippy::too_many_arguments)]
-    pub fn lm_loss_sum(&self, gpu: &Gpu, out: u64, ce: u64, ar: u64, tar: u64, n: usize, alpha: f32, ar_div: f32, beta: f32, tar_div: f32) -> Result<()> {
-        let args = [Arg::Ptr(out), Arg::Ptr(ce), Arg::Ptr(ar), Arg::Ptr(tar), Arg::I32(n as i32), Arg::F32(alpha), Arg::F32(ar_div), Arg::F32(beta), Arg::F32(tar_div)];
+    pub fn lm_loss_sum(
+        &self,
+        gpu: &Gpu,
+        out: u64,
+        ce: u64,
+        ar: u64,
+        tar: u64,
+        n: usize,
+        alpha: f32,
+        ar_div: f32,
+        beta: f32,
+        tar_div: f32,
+    ) -> Result<()> {
+        let args = [
+            Arg::Ptr(out),
+            Arg::Ptr(ce),
+            Arg::Ptr(ar),
+            Arg::Ptr(tar),
+            Arg::I32(n as i32),
+            Arg::F32(alpha),
+            Arg::F32(ar_div),
+            Arg::F32(beta),
+            Arg::F32(tar_div),
+        ];
         self.launch(gpu, "lm_loss_sum", blocks(1, WIDE), &args)
     }
 
     /// `lm_reg_bwd`: dy [T*B, E] = dL/draw through output dropout, AR and TAR.
     #[allow(clippy::too_many_arguments)]
-    pub fn lm_reg_bwd(&self, gpu: &Gpu, dy: u64, ddropped: u64, dropped: u64, raw: u64, tbe: [usize; 3], reg: [f32; 4], p_out: f32, t_out: u32, seed: u64, step: u64) -> Result<()> {
+    pub fn lm_reg_bwd(
+        &self,
+        gpu: &Gpu,
+        dy: u64,
+        ddropped: u64,
+        dropped: u64,
+        raw: u64,
+        tbe: [usize; 3],
+        reg: [f32; 4],
+        p_out: f32,
+        t_out: u32,
+        seed: u64,
+        step: u64,
+    ) -> Result<()> {
         let [t, b, e] = tbe;
         let [alpha, ar_div, beta, tar_div] = reg;
         let args = [
-            Arg::Ptr(dy), Arg::Ptr(ddropped), Arg::Ptr(dropped), Arg::Ptr(raw),
-            Arg::I32(t as i32), Arg::I32(b as i32), Arg::I32(e as i32),
-            Arg::F32(alpha), Arg::F32(ar_div), Arg::F32(beta), Arg::F32(tar_div),
-            Arg::F32(p_out), Arg::U32(t_out), Arg::U64(seed), Arg::Ptr(step),
+            Arg::Ptr(dy),
+            Arg::Ptr(ddropped),
+            Arg::Ptr(dropped),
+            Arg::Ptr(raw),
+            Arg::I32(t as i32),
+            Arg::I32(b as i32),
+            Arg::I32(e as i32),
+            Arg::F32(alpha),
+            Arg::F32(ar_div),
+            Arg::F32(beta),
+            Arg::F32(tar_div),
+            Arg::F32(p_out),
+            Arg::U32(t_out),
+            Arg::U64(seed),
+            Arg::Ptr(step),
         ];
         self.launch(gpu, "lm_reg_bwd", stride_grid(t * b * e), &args)
     }
@@ -188,14 +361,39 @@ impl LmKernels {
 
     /// `lm_clip_scale`: clip [2] = (norm, factor) from the partial sums.
     pub fn lm_clip_scale(&self, gpu: &Gpu, clip: u64, partial: u64, hyper: u64) -> Result<()> {
-        let args = [Arg::Ptr(clip), Arg::Ptr(partial), Arg::I32(NORM_BLOCKS as i32), Arg::Ptr(hyper)];
+        let args = [
+            Arg::Ptr(clip),
+            Arg::Ptr(partial),
+            Arg::I32(NORM_BLOCKS as i32),
+            Arg::Ptr(hyper),
+        ];
         self.launch(gpu, "lm_clip_scale", blocks(1, WIDE), &args)
     }
 
     /// `lm_adam`: the fused Adam(W) update of w, m, v [n] from grad [n].
     #[allow(clippy::too_many_arguments)]
-    pub fn lm_adam(&self, gpu: &Gpu, w: u64, m: u64, v: u64, grad: u64, n: usize, clip: u64, hyper: u64, step: u64) -> Result<()> {
-        let args = [Arg::Ptr(w), Arg::Ptr(m), Arg::Ptr(v), Arg::Ptr(grad), Arg::I64(n as i64), Arg::Ptr(clip), Arg::Ptr(hyper), Arg::Ptr(step)];
+    pub fn lm_adam(
+        &self,
+        gpu: &Gpu,
+        w: u64,
+        m: u64,
+        v: u64,
+        grad: u64,
+        n: usize,
+        clip: u64,
+        hyper: u64,
+        step: u64,
+    ) -> Result<()> {
+        let args = [
+            Arg::Ptr(w),
+            Arg::Ptr(m),
+            Arg::Ptr(v),
+            Arg::Ptr(grad),
+            Arg::I64(n as i64),
+            Arg::Ptr(clip),
+            Arg::Ptr(hyper),
+            Arg::Ptr(step),
+        ];
         self.launch(gpu, "lm_adam", stride_grid(n), &args)
     }
 }

@@ -9,8 +9,11 @@
 //! - [`mask`]: the hash every mask is drawn from (twin of `kernels/lm_hash.cu`).
 //! - [`reference`]: the step in plain loops: the spec.
 //! - [`kernels`]: `kernels/lm_*.cu`, compiled once, one launch wrapper per kernel.
-//! - `layer`: one LSTM layer on the flat buffers.
+//! - [`steps`]: the step as lists of device ops on named buffers (replayed on the CPU by
+//!   tests/lm_on_cpu.rs).
+//! - `layer`: the buffers an LSTM layer owns.
 //! - [`model`]: [`LmCuda`], the step, forward then backward then update, or CUDA graphs.
+//! - `readback`: host copies of the loss, weights, gradients, moments and state.
 
 pub mod config;
 pub mod kernels;
@@ -18,7 +21,9 @@ mod layer;
 pub mod mask;
 pub mod model;
 pub mod params;
+mod readback;
 pub mod reference;
+pub mod steps;
 
 pub use config::{Dropouts, Hyper, LmConfig, LmError};
 pub use model::LmCuda;

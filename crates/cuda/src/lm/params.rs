@@ -24,14 +24,20 @@ impl LmWeights {
     /// uniform(-1/sqrt(H), 1/sqrt(H)) (`LayerWeights::init`). Depends only on `seed`.
     pub fn init(cfg: &LmConfig, seed: u64) -> Self {
         let key = mask_key(seed, 0, u32::MAX);
-        let emb = (0..cfg.vocab * cfg.emb).map(|k| (unit(key, k as u64) * 2.0 - 1.0) * 0.1).collect();
+        let emb = (0..cfg.vocab * cfg.emb)
+            .map(|k| (unit(key, k as u64) * 2.0 - 1.0) * 0.1)
+            .collect();
         let layers = cfg
             .layer_dims()
             .iter()
             .enumerate()
             .map(|(l, d)| LayerWeights::init(d.i, d.h, seed.wrapping_add(1 + l as u64)))
             .collect();
-        LmWeights { emb, dec_bias: vec![0.0; cfg.vocab], layers }
+        LmWeights {
+            emb,
+            dec_bias: vec![0.0; cfg.vocab],
+            layers,
+        }
     }
 
     /// All zeros, shaped for `cfg`.
@@ -48,12 +54,19 @@ impl LmWeights {
                 b_hh: vec![0.0; 4 * d.h],
             })
             .collect();
-        LmWeights { emb: vec![0.0; cfg.vocab * cfg.emb], dec_bias: vec![0.0; cfg.vocab], layers }
+        LmWeights {
+            emb: vec![0.0; cfg.vocab * cfg.emb],
+            dec_bias: vec![0.0; cfg.vocab],
+            layers,
+        }
     }
 
     /// Each tensor with a name, in flat-buffer order.
     pub fn named(&self) -> Vec<(String, &[f32])> {
-        let mut out: Vec<(String, &[f32])> = vec![("emb".into(), &self.emb), ("dec_bias".into(), &self.dec_bias)];
+        let mut out: Vec<(String, &[f32])> = vec![
+            ("emb".into(), &self.emb),
+            ("dec_bias".into(), &self.dec_bias),
+        ];
         for (l, w) in self.layers.iter().enumerate() {
             out.push((format!("w_ih{l}"), &w.w_ih));
             out.push((format!("w_hh{l}"), &w.w_hh));
@@ -73,12 +86,19 @@ impl LmWeights {
 
     /// The flat buffer [P].
     pub fn flatten(&self) -> Vec<f32> {
-        self.named().into_iter().flat_map(|(_, v)| v.iter().copied()).collect()
+        self.named()
+            .into_iter()
+            .flat_map(|(_, v)| v.iter().copied())
+            .collect()
     }
 
     /// Refills every tensor from a flat buffer of the same layout.
     pub fn unflatten(&mut self, flat: &[f32]) {
-        assert_eq!(flat.len(), self.len(), "LmWeights::unflatten: flat buffer length");
+        assert_eq!(
+            flat.len(),
+            self.len(),
+            "LmWeights::unflatten: flat buffer length"
+        );
         let mut at = 0;
         for part in self.parts_mut() {
             let len = part.len();
@@ -120,10 +140,20 @@ impl Layout {
         let mut layers = Vec::new();
         for d in cfg.layer_dims() {
             let g = 4 * d.h;
-            let offs = [at, at + g * d.i, at + g * d.i + g * d.h, at + g * d.i + g * d.h + g];
+            let offs = [
+                at,
+                at + g * d.i,
+                at + g * d.i + g * d.h,
+                at + g * d.i + g * d.h + g,
+            ];
             at = offs[3] + g;
             layers.push(offs);
         }
-        Layout { emb: 0, dec_bias, layers, total: at }
+        Layout {
+            emb: 0,
+            dec_bias,
+            layers,
+            total: at,
+        }
     }
 }

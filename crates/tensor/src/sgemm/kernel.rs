@@ -3,12 +3,12 @@
 //!
 //! Register blocking: each k step loads `NV` vectors of 16 B values, broadcasts `MR` A
 //! values (`vbroadcastss` from memory) and issues `MR * NV` FMAs; LLVM keeps `acc` in
-//! registers (checked in the assembly). With its operands in L1 this 8 x 48 tile runs at
-//! ~99% of one core's measured FMA peak (263 of 265 GFLOP/s). On the LSTM step 12 x 32
-//! measured about the same and 6 x 64, 14 x 32 lower; 8 x 48 needs the fewest loads per
-//! FMA and cuts B = 64 or 32 rows into whole tiles. Also here: the 16 x 16 transpose that
-//! packs B from `W^T` views.
-//! Checked against the naive product and the portable path by `tests.rs`.
+//! registers (checked in the assembly). With its operands in L1 this 8 x 48 tile ran at
+//! ~99% of one core's FMA peak (263 of 265 GFLOP/s, scratch harness). On the LSTM step
+//! 12 x 32 measured about the same and 6 x 64, 14 x 32 lower; 8 x 48 needs the fewest
+//! loads per FMA and cuts B = 64 or 32 rows into whole tiles. Also here: the 16 x 16
+//! transpose that packs operands from transposed views. Checked against the naive
+//! product and the portable path by `tests.rs`.
 
 use std::arch::x86_64::*;
 

@@ -11,7 +11,7 @@
 //! long K slices win, since every extra slice re-reads and re-writes C, and the hardware
 //! prefetchers keep the long panel streams fed. `benches/sgemm.rs` times the LSTM shapes.
 //!
-//! Without AVX-512 (checked once at run time) every call goes to [`crate::gemm::sgemm`]
+//! Without AVX-512 (checked once at run time) every call goes to [`crate::gemm::portable_sgemm`]
 //! (matrixmultiply), which is also the reference the AVX-512 path is tested against
 //! (`tests.rs`, with the naive triple loop).
 
@@ -65,7 +65,7 @@ const PARALLEL_MIN_MACS: usize = 1 << 20;
 enum Path {
     /// Packed panels and the AVX-512 micro-kernel.
     Avx512,
-    /// `crate::gemm::sgemm` on a row-major copy of B.
+    /// `crate::gemm::portable_sgemm` on a row-major copy of B.
     Portable,
 }
 
@@ -141,7 +141,7 @@ pub fn gemm_packed(alpha: f32, a: MatRef, b: &PackedB, beta: f32, c: &mut [f32])
     check(a, "A");
     match b.path {
         Path::Portable => {
-            crate::gemm::sgemm(alpha, a, MatRef::new(b.data.as_slice(), k, n), beta, c)
+            crate::gemm::portable_sgemm(alpha, a, MatRef::new(b.data.as_slice(), k, n), beta, c)
         }
         Path::Avx512 => blocked(alpha, a, BSrc::Packed(b.data.as_slice()), beta, c, n),
     }
@@ -158,7 +158,7 @@ pub fn gemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32]) {
         b.rows
     );
     match detect() {
-        Path::Portable => crate::gemm::sgemm(alpha, a, b, beta, c),
+        Path::Portable => crate::gemm::portable_sgemm(alpha, a, b, beta, c),
         // One row block: each task packs its own B panels as it goes, so every B element
         // is copied once, while still in cache. More: pack B once, share it across row blocks.
         Path::Avx512 if m <= MC => {
