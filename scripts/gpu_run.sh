@@ -151,3 +151,5 @@ fi
     echo "total $(($(date +%s) - START)) s"
 } >>"$RESULTS"
 cat "$RESULTS"
+# Only 8 files come back from the device machine: keep results.md and ours.jsonl, pack the logs.
+(cd "$OUT" && tar czf logs.tgz --remove-files $(ls | grep -v -E '^(results\.md|ours\.jsonl|logs\.tgz)$'))
