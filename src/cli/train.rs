@@ -116,9 +116,7 @@ pub fn predict(a: PredictArgs) -> Result<()> {
     let classes_path = a.model.join("classes.txt");
     let classes: Vec<String> = std::fs::read_to_string(&classes_path).with_context(|| format!("reading {}", classes_path.display()))?.lines().map(str::to_string).collect();
     let vocab = Vocab::from_itos(ck.vocab.clone());
-    let m = &cfg.model;
-    let d = m.clas_dropouts.scaled(m.clas_drop_mult);
-    let enc_cfg = ulmfit_trainer::awd_lstm::AwdLstmConfig { vocab: vocab.len(), emb_sz: m.emb_sz, n_hid: m.n_hid, n_layers: m.n_layers, input_p: d.input_p, hidden_p: d.hidden_p, weight_p: d.weight_p, embed_p: d.embed_p, output_p: d.output_p };
+    let enc_cfg = pipeline::model_config(&cfg, vocab.len(), cfg.model.clas_dropouts, cfg.model.clas_drop_mult);
     let mut rng = Rng::new(0);
     let mut model = Classifier::new(AwdLstm::new(enc_cfg, &mut rng), classes.len(), &mut rng);
     model.bptt = cfg.classifier.bptt;

@@ -10,7 +10,9 @@ use ulmfit_lstm::op::lstm;
 use ulmfit_lstm::DropMask;
 use ulmfit_tensor::{Result, Rng, Tensor};
 
-/// Sizes and dropouts of an AWD-LSTM (fastai's `awd_lstm_lm_config` by default).
+use crate::config::Dropouts;
+
+/// Sizes and dropouts of an AWD-LSTM.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AwdLstmConfig {
     /// Vocabulary size V.
@@ -21,39 +23,14 @@ pub struct AwdLstmConfig {
     pub n_hid: usize,
     /// Number of LSTM layers.
     pub n_layers: usize,
-    /// Dropout on the embedding output (variational, per sequence).
-    pub input_p: f32,
-    /// Dropout between LSTM layers (variational).
-    pub hidden_p: f32,
-    /// DropConnect on each W_hh.
-    pub weight_p: f32,
-    /// Dropout of whole words from the embedding matrix.
-    pub embed_p: f32,
-    /// Dropout on the last layer's output, before the decoder.
-    pub output_p: f32,
+    /// The five dropouts, `drop_mult` already applied.
+    pub drop: Dropouts,
 }
 
 impl AwdLstmConfig {
-    /// fastai's language-model defaults for a vocabulary of `vocab` words.
+    /// fastai's language model (`awd_lstm_lm_config`) for a vocabulary of `vocab` words.
     pub fn lm(vocab: usize) -> Self {
-        AwdLstmConfig { vocab, emb_sz: 400, n_hid: 1152, n_layers: 3, input_p: 0.25, hidden_p: 0.15, weight_p: 0.2, embed_p: 0.02, output_p: 0.1 }
-    }
-
-    /// fastai's classifier dropouts (`awd_lstm_clas_config`) with the same sizes.
-    pub fn classifier_dropouts(&self) -> Self {
-        AwdLstmConfig { input_p: 0.4, hidden_p: 0.3, weight_p: 0.5, embed_p: 0.05, output_p: 0.4, ..self.clone() }
-    }
-
-    /// Every dropout multiplied by `m` (fastai's `drop_mult`).
-    pub fn scaled_dropouts(&self, m: f32) -> Self {
-        AwdLstmConfig {
-            input_p: self.input_p * m,
-            hidden_p: self.hidden_p * m,
-            weight_p: self.weight_p * m,
-            embed_p: self.embed_p * m,
-            output_p: self.output_p * m,
-            ..self.clone()
-        }
+        AwdLstmConfig { vocab, emb_sz: 400, n_hid: 1152, n_layers: 3, drop: Dropouts::lm() }
     }
 
     /// (input size, hidden size) of each layer: E -> n_hid -> ... -> E.
@@ -145,20 +122,21 @@ impl AwdLstm {
     /// kept, detached, for the next call.
     pub fn forward(&mut self, ids: &[u32], t: usize, b: usize, train: bool, rng: &mut Rng) -> Result<EncoderOutput> {
         let cfg = &self.cfg;
+        let d = cfg.drop;
         if self.state.first().is_some_and(|(h, _)| h.dim(0) != b) {
             self.state.clear();
         }
         let mut x = self.embedding.embedding(ids)?; // [T*B, E]
-        if train && cfg.embed_p > 0.0 {
+        if train && d.embed_p > 0.0 {
             // Embedding dropout: one keep/drop draw per vocabulary word, gathered per token
             // (same as masking whole rows of the table, without touching all V rows).
-            let word_mask = rng.dropout_mask(&[cfg.vocab], cfg.embed_p).to_vec();
+            let word_mask = rng.dropout_mask(&[cfg.vocab], d.embed_p).to_vec();
             let per_token: Vec<f32> = ids.iter().map(|&i| word_mask[i as usize]).collect();
             x = x.mul(&Tensor::from_vec(per_token, &[ids.len(), 1])?)?;
         }
         let mut x = x.reshape(&[t, b, cfg.emb_sz])?;
-        if train && cfg.input_p > 0.0 {
-            x = x.mul(&rng.dropout_mask(&[1, b, cfg.emb_sz], cfg.input_p))?;
+        if train && d.input_p > 0.0 {
+            x = x.mul(&rng.dropout_mask(&[1, b, cfg.emb_sz], d.input_p))?;
         }
         let n = self.layers.len();
         let mut new_state = Vec::with_capacity(n);
@@ -169,11 +147,11 @@ impl AwdLstm {
                 None => (Tensor::zeros(&[b, h]), Tensor::zeros(&[b, h])),
             };
             // DropConnect: one mask on W_hh for the whole sequence, applied inside the op.
-            let drop = (train && cfg.weight_p > 0.0).then(|| DropMask { p: cfg.weight_p, seed: rng.next_u64() });
+            let drop = (train && d.weight_p > 0.0).then(|| DropMask { p: d.weight_p, seed: rng.next_u64() });
             let step = lstm(&x, &w.w_ih, &w.w_hh, &w.b_ih, &w.b_hh, &h0, &c0, drop)?;
             new_state.push((step.h_n, step.c_n));
             let y = step.y;
-            x = if train && l + 1 < n && cfg.hidden_p > 0.0 { y.mul(&rng.dropout_mask(&[1, b, h], cfg.hidden_p))? } else { y };
+            x = if train && l + 1 < n && d.hidden_p > 0.0 { y.mul(&rng.dropout_mask(&[1, b, h], d.hidden_p))? } else { y };
         }
         self.state = new_state;
         Ok(EncoderOutput { raw: x })
@@ -229,7 +207,7 @@ impl LanguageModel {
     pub fn forward(&mut self, ids: &[u32], t: usize, b: usize, train: bool, rng: &mut Rng) -> Result<LmOutput> {
         let raw = self.encoder.forward(ids, t, b, train, rng)?.raw;
         let e = self.encoder.cfg.emb_sz;
-        let p = self.encoder.cfg.output_p;
+        let p = self.encoder.cfg.drop.output_p;
         let dropped = if train && p > 0.0 { raw.mul(&rng.dropout_mask(&[1, b, e], p))? } else { raw.clone() };
         let logits = dropped.reshape(&[t * b, e])?.linear(&self.encoder.embedding, Some(&self.decoder_bias))?;
         Ok(LmOutput { logits, raw, dropped })

@@ -170,7 +170,7 @@ impl Classifier {
     /// dropout (fastai: the encoder config's output_p), the second is 0.1.
     pub fn new(encoder: AwdLstm, classes: usize, rng: &mut Rng) -> Self {
         let e = encoder.cfg.emb_sz;
-        let p = encoder.cfg.output_p;
+        let p = encoder.cfg.drop.output_p;
         Classifier { head: [HeadBlock::new(3 * e, 50, p, rng), HeadBlock::new(50, classes, 0.1, rng)], encoder, bptt: 72, max_len: 1440 }
     }
 
@@ -282,7 +282,7 @@ mod gradient_tests {
     #[test]
     fn classifier_gradients_match_finite_differences() {
         let mut rng = Rng::new(1);
-        let cfg = AwdLstmConfig { vocab: 11, emb_sz: 4, n_hid: 5, n_layers: 2, input_p: 0.0, hidden_p: 0.0, weight_p: 0.0, embed_p: 0.0, output_p: 0.0 };
+        let cfg = AwdLstmConfig { vocab: 11, emb_sz: 4, n_hid: 5, n_layers: 2, drop: crate::config::Dropouts::lm().scaled(0.0) };
         let mut model = Classifier::new(AwdLstm::new(cfg, &mut rng), 3, &mut rng);
         model.head[1].p = 0.0;
         model.bptt = 8;

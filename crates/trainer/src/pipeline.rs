@@ -37,10 +37,10 @@ pub struct RunResults {
     pub seconds: Vec<(String, f64)>,
 }
 
-fn model_config(cfg: &Config, vocab: usize, d: Dropouts, mult: f32) -> AwdLstmConfig {
-    let d = d.scaled(mult);
+/// The AWD-LSTM the config describes, for `vocab` words, with dropouts `d * mult`.
+pub fn model_config(cfg: &Config, vocab: usize, d: Dropouts, mult: f32) -> AwdLstmConfig {
     let m = &cfg.model;
-    AwdLstmConfig { vocab, emb_sz: m.emb_sz, n_hid: m.n_hid, n_layers: m.n_layers, input_p: d.input_p, hidden_p: d.hidden_p, weight_p: d.weight_p, embed_p: d.embed_p, output_p: d.output_p }
+    AwdLstmConfig { vocab, emb_sz: m.emb_sz, n_hid: m.n_hid, n_layers: m.n_layers, drop: d.scaled(mult) }
 }
 
 fn step_config(cfg: &Config, clip: f32) -> StepConfig {
