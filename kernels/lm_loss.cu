@@ -54,36 +54,85 @@ extern "C" __global__ void lm_reg_fwd(float* __restrict__ dropped, float* __rest
     }
 }
 
-// lm_xent: softmax + cross-entropy of row r, forward and backward in one pass pair:
-//   z = logits[r] + bias;  ce[r] = logsumexp(z) - z[target[r]]
-//   logits[r] <- (softmax(z) - onehot(target[r])) * inv_n        (dL/dlogits, in place)
-//   logits [N, V]   bias [V]   targets [N] (< V, checked on the host)   ce [N]
+// lm_xent: softmax + cross-entropy of row r over its V real columns, forward and backward in
+// one pass pair:
+//   z = logits[r, :V] + bias[:V];  ce[r] = logsumexp(z) - z[target[r]]
+//   logits[r, :V] <- (softmax(z) - onehot(target[r])) * inv_n     (dL/dlogits, in place)
+//   logits[r, V:ld] <- 0                                            (padding: no gradient)
+//   logits [N, ld]   bias [ld]   (ld >= V a multiple of 4, both 16-byte aligned: the padded
+//   vocabulary)   targets [N] (< V, checked on the host)   ce [N]
+// float4 loads and stores (four columns per thread per trip) keep enough bytes in flight to
+// stream the [N, ld] logits at memory speed.
 // Geometry: one block per row (grid N), blockDim a multiple of 32 (1024).
 extern "C" __global__ void lm_xent(float* __restrict__ logits, float* __restrict__ ce,
                                    const float* __restrict__ bias,
-                                   const unsigned int* __restrict__ targets, int V, float inv_n) {
-    const int r = blockIdx.x;
-    float* z = logits + (long long)r * V;
+                                   const unsigned int* __restrict__ targets, int V, int ld,
+                                   float inv_n) {
+    const int r = blockIdx.x, n4 = ld >> 2;
+    float* z = logits + (long long)r * ld;
+    float4* z4 = reinterpret_cast<float4*>(z);
+    const float4* b4 = reinterpret_cast<const float4*>(bias);
     // Online softmax: each thread keeps its max m and sum s of exp(z - m).
     float m = LM_NEG_INF, s = 0.0f;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) {
-        const float zv = z[v] + bias[v];
-        if (zv > m) {
-            s = s * expf(m - zv) + 1.0f;
-            m = zv;
-        } else {
-            s += expf(zv - m);
+    for (int j = threadIdx.x; j < n4; j += blockDim.x) {
+        const float4 a = z4[j], b = b4[j];
+        const float zs[4] = {a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w};
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            if (4 * j + c >= V) break;
+            const float zv = zs[c];
+            if (zv > m) {
+                s = s * expf(m - zv) + 1.0f;
+                m = zv;
+            } else {
+                s += expf(zv - m);
+            }
         }
     }
     const float mx = lm_block_max(m);
     const float sum = lm_block_sum(m == LM_NEG_INF ? 0.0f : s * expf(m - mx));
     const float lse = mx + logf(sum);
-    const unsigned int tg = targets[r];
+    const int tg = (int)targets[r];
     if (threadIdx.x == 0) ce[r] = lse - (z[tg] + bias[tg]);
     __syncthreads();  // z[tg] is read above before it is overwritten below
-    for (int v = threadIdx.x; v < V; v += blockDim.x) {
-        const float pv = expf(z[v] + bias[v] - lse);
-        z[v] = (pv - (v == (int)tg ? 1.0f : 0.0f)) * inv_n;
+    for (int j = threadIdx.x; j < n4; j += blockDim.x) {
+        const float4 a = z4[j], b = b4[j];
+        const float zs[4] = {a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w};
+        float d[4];
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const int v = 4 * j + c;
+            d[c] = v < V ? (expf(zs[c] - lse) - (v == tg ? 1.0f : 0.0f)) * inv_n : 0.0f;
+        }
+        z4[j] = make_float4(d[0], d[1], d[2], d[3]);
+    }
+}
+
+// Row groups of lm_bias_grad (its blockDim is 32 * LM_BIAS_GROUPS).
+#define LM_BIAS_GROUPS 16
+
+// lm_bias_grad: the decoder bias's gradient, dbias[v] = sum over rows r of dlogits[r, v],
+// v < ld. Thread (g, c) of block x sums rows g, g + 16, ... of column v = 32 x + c in
+// increasing order, then the first row group adds the 16 group sums in order: a fixed order
+// (no atomics), so a step repeats bit for bit; each warp reads 128 contiguous bytes per row.
+//   dlogits [N, ld]   dbias [ld] (padding columns of dlogits are 0, so their sums are 0)
+// Geometry: blockDim 32 * LM_BIAS_GROUPS = 512, grid ceil(ld / 32).
+extern "C" __global__ void lm_bias_grad(float* __restrict__ dbias, const float* __restrict__ dlogits,
+                                        int N, int ld) {
+    __shared__ float part[LM_BIAS_GROUPS][32];
+    const int c = threadIdx.x & 31, g = threadIdx.x >> 5;
+    const int v = blockIdx.x * 32 + c;
+    float acc = 0.0f;
+    if (v < ld) {
+#pragma unroll 4
+        for (int r = g; r < N; r += LM_BIAS_GROUPS) acc += dlogits[(long long)r * ld + v];
+    }
+    part[g][c] = acc;
+    __syncthreads();
+    if (g == 0 && v < ld) {
+        float s = 0.0f;
+        for (int k = 0; k < LM_BIAS_GROUPS; ++k) s += part[k][c];
+        dbias[v] = s;
     }
 }
 

@@ -345,8 +345,9 @@ fn median_ms(steps: usize, mut run: impl FnMut() -> anyhow::Result<()>) -> anyho
 
 /// Times one AWD-LSTM LM training step on GPU 0 (fastai's LM config, all dropouts,
 /// AR/TAR, clip 0.1, Adam): the batch upload, forward, backward, clipping, Adam and the loss
-/// download, op by op and replayed from CUDA graphs. The last line printed is the graphs
-/// result (`scripts/bench_lm_step_torch.py` reads it).
+/// download, op by op and replayed from CUDA graphs. With `--json` the last line printed is
+/// the graphs result (`scripts/bench_lm_step_torch.py` reads it); the text output ends with
+/// the time of each phase of the step.
 pub fn lm_step(
     vocab: usize,
     batch: usize,
@@ -417,5 +418,24 @@ pub fn lm_step(
     })?;
     anyhow::ensure!(loss.is_finite(), "bench lm-step: the loss became {loss}");
     report("step", true, ms, loss);
+    if !json {
+        print_phases(&model, steps);
+    }
     Ok(())
+}
+
+/// Prints where the step's time goes (`LmCuda::time_phases`), after every timing line: a
+/// failure here only loses the breakdown (a warning on stderr).
+fn print_phases(model: &LmCuda, steps: usize) {
+    match model.time_phases(steps) {
+        Ok(parts) => {
+            println!("  phases (one graph each, CUDA events, median of {steps}):");
+            for (name, ms) in &parts {
+                println!("    {name:<30} {ms:>8.3} ms");
+            }
+            let sum: f64 = parts.iter().map(|(_, ms)| ms).sum();
+            println!("    {:<30} {sum:>8.3} ms", "sum of phases");
+        }
+        Err(e) => eprintln!("warning: phase breakdown failed: {e}"),
+    }
 }

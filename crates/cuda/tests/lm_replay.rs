@@ -14,6 +14,7 @@ use common::assert_close;
 use ulmfit_cuda::lm::kernels::NORM_BLOCKS;
 use ulmfit_cuda::lm::mask::{keep_scale, mask_key, Mask};
 use ulmfit_cuda::lm::params::Layout;
+use ulmfit_cuda::lm::phases::phases;
 use ulmfit_cuda::lm::reference::{adam, clip_factor, forward_backward, zero_state, State};
 use ulmfit_cuda::lm::steps::{
     backward_ops, buf_len, check_ops, forward_ops, layer_at, raw_at, update_ops, At, LmBuf, Op,
@@ -32,9 +33,12 @@ struct Host {
 }
 
 impl Host {
-    /// Parameters `w`, zero moments and state, ones, `h`; everything else NaN.
+    /// Parameters `w`, zero moments and state, ones, `h`; everything else NaN (but the
+    /// gaps between the gradients' slots, which nothing writes: 0, as allocated on the GPU).
     fn new(cfg: &LmConfig, w: &LmWeights, h: &Hyper) -> Host {
         let layout = Layout::new(cfg);
+        let mut nan = LmWeights::zeros(cfg);
+        nan.unflatten(&vec![f32::NAN; nan.len()]);
         let mut all = vec![
             LmBuf::Params,
             LmBuf::Grads,
@@ -64,7 +68,8 @@ impl Host {
             .map(|b| {
                 let n = buf_len(cfg, &layout, b);
                 let v = match b {
-                    LmBuf::Params => w.flatten(),
+                    LmBuf::Params => layout.to_flat(w),
+                    LmBuf::Grads => layout.to_flat(&nan),
                     LmBuf::Hyper => h.to_array().to_vec(),
                     LmBuf::Ones => vec![1.0; n],
                     LmBuf::AdamM | LmBuf::AdamV => vec![0.0; n],
@@ -309,11 +314,13 @@ fn run(h: &mut Host, op: &Op) {
         }
         Op::Gemm(g) => gemm(h, &g, at),
         Op::Xent => {
+            let vp = c.vocab_padded();
             let bias = h.read(at(LmBuf::Params, h.layout.dec_bias), nv);
-            let mut z = h.read(at(LmBuf::Logits, 0), n * nv);
+            let mut z = h.read(at(LmBuf::Logits, 0), n * vp);
             let mut ce = vec![0.0f32; n];
             for r in 0..n {
-                let row = &mut z[r * nv..(r + 1) * nv];
+                z[r * vp + nv..(r + 1) * vp].fill(0.0);
+                let row = &mut z[r * vp..r * vp + nv];
                 row.iter_mut().zip(&bias).for_each(|(x, b)| *x += b);
                 let mx = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
                 let lse = mx + row.iter().map(|&x| (x - mx).exp()).sum::<f32>().ln();
@@ -325,6 +332,14 @@ fn run(h: &mut Host, op: &Op) {
             }
             h.write(at(LmBuf::Logits, 0), &z);
             h.write(at(LmBuf::Ce, 0), &ce);
+        }
+        Op::BiasGrad => {
+            let vp = c.vocab_padded();
+            let dz = h.read(at(LmBuf::Logits, 0), n * vp);
+            let dbias: Vec<f32> = (0..vp)
+                .map(|v| (0..n).map(|r| dz[r * vp + v]).sum())
+                .collect();
+            h.write(at(LmBuf::Grads, h.layout.dec_bias), &dbias);
         }
         Op::LossSum => {
             let sum = |h: &mut Host, b: LmBuf| h.read(at(b, 0), n).iter().sum::<f32>();
@@ -485,13 +500,18 @@ fn replay(cfg: &LmConfig) {
         );
         assert_close("loss", &loss, &want.loss, 1e-4, 1e-5);
         let mut got = LmWeights::zeros(cfg);
-        got.unflatten(&host.read(
+        let grads = host.read(
             At {
                 buf: LmBuf::Grads,
                 off: 0,
             },
             layout.total,
-        ));
+        );
+        assert!(
+            grads.iter().all(|g| g.is_finite()),
+            "a gradient slot or gap was never written"
+        );
+        layout.from_flat(&grads, &mut got);
         for ((name, g), (_, r)) in got.named().into_iter().zip(want.grads.named()) {
             assert_close(&name, g, r, 1e-4, 1e-5);
         }
@@ -511,14 +531,20 @@ fn replay(cfg: &LmConfig) {
         );
         assert_close("clip", &clip, &[norm, factor], 1e-5, 0.0);
         adam(&mut flat, &mut m, &mut v, &g, &hy, step, factor);
-        let params = host.read(
+        let mut params = LmWeights::zeros(cfg);
+        let device = host.read(
             At {
                 buf: LmBuf::Params,
                 off: 0,
             },
             layout.total,
         );
-        assert_close("params after adam", &params, &flat, 1e-5, 1e-6);
+        layout.from_flat(&device, &mut params);
+        assert_close("params after adam", &params.flatten(), &flat, 1e-5, 1e-6);
+        assert!(
+            layout.to_flat(&params) == device,
+            "the padding of the parameters is no longer 0"
+        );
         state = want.state;
     }
 }
@@ -557,4 +583,36 @@ fn lm_ops_replayed_on_cpu_match_reference() {
         drop,
         ..base
     });
+}
+
+#[test]
+fn phases_cover_every_op_once_in_order() {
+    let cfg = LmConfig {
+        drop: Dropouts::awd_lstm(),
+        ..LmConfig::awd_lstm(50, 4, 2)
+    };
+    let layout = Layout::new(&cfg);
+    let lists = [
+        forward_ops(&cfg, &layout),
+        backward_ops(&cfg, &layout),
+        update_ops(),
+    ];
+    let parts = phases(&lists);
+    let joined: Vec<Op> = parts.iter().flat_map(|(_, ops)| ops.clone()).collect();
+    assert!(joined == lists.concat(), "phases lost or reordered ops");
+    let names: Vec<&str> = parts.iter().map(|(n, _)| n.as_str()).collect();
+    println!("phases: {names:?}");
+    for (k, name) in names.iter().enumerate() {
+        assert!(
+            !names[..k].contains(name),
+            "phase {name} is cut in two: {names:?}"
+        );
+    }
+    for l in 0..cfg.layers {
+        for dir in ["fwd", "bwd"] {
+            let want = format!("lstm{l} {dir}");
+            assert!(names.contains(&want.as_str()), "no phase {want}: {names:?}");
+        }
+    }
+    assert_eq!(names.len(), 2 * cfg.layers + 10, "phases: {names:?}");
 }

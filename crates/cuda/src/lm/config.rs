@@ -4,6 +4,10 @@
 
 use ulmfit_lstm::LstmDims;
 
+/// Alignment, in f32, of the padded vocabulary ([`LmConfig::vocab_padded`]) and of every
+/// tensor slot of the flat parameter buffer (`super::params::Layout`).
+pub const VOCAB_ALIGN: usize = 64;
+
 /// Dropout probabilities (0 turns one off).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Dropouts {
@@ -107,6 +111,14 @@ impl LmConfig {
         self.t * self.b
     }
 
+    /// Vp: V rounded up to a multiple of [`VOCAB_ALIGN`]. The logits' row stride and the
+    /// rows of the embedding's slot; the Vp - V padding rows and columns stay 0, so every
+    /// decoder GEMM operand is 256-byte aligned (cuBLAS's fast TF32 kernels need 16) and the
+    /// padding adds nothing to any product.
+    pub fn vocab_padded(&self) -> usize {
+        self.vocab.div_ceil(VOCAB_ALIGN) * VOCAB_ALIGN
+    }
+
     /// Checks sizes and probabilities.
     pub fn validate(&self) -> Result<(), LmError> {
         let sizes = [
@@ -123,7 +135,7 @@ impl LmConfig {
             )));
         }
         if self.vocab >= u32::MAX as usize
-            || self.rows() >= i32::MAX as usize / self.vocab.max(self.emb)
+            || self.rows() >= i32::MAX as usize / self.vocab_padded().max(self.emb)
         {
             return Err(LmError::Config(format!(
                 "V {} with T*B {} is too large for one step",

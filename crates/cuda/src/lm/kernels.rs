@@ -20,12 +20,13 @@ pub const LM_CU: &str = concat!(
 pub const LM_CU_NAME: &str = "kernels/lm_*.cu";
 
 /// Every kernel name in `LM_CU`.
-pub const NAMES: [&str; 11] = [
+pub const NAMES: [&str; 12] = [
     "lm_dropout",
     "lm_embed_fwd",
     "lm_embed_bwd",
     "lm_reg_fwd",
     "lm_xent",
+    "lm_bias_grad",
     "lm_loss_sum",
     "lm_reg_bwd",
     "lm_step_begin",
@@ -258,7 +259,9 @@ impl LmKernels {
         self.launch(gpu, "lm_reg_fwd", blocks(n, 128), &args)
     }
 
-    /// `lm_xent`: per row, softmax cross-entropy into ce [N] and dL/dlogits in place.
+    /// `lm_xent`: per row of logits [N, ld], softmax cross-entropy over the V real columns
+    /// into ce [N], dL/dlogits in place (0 in the padding columns). The kernel loads float4:
+    /// ld must be a multiple of 4, logits and bias [ld] 16-byte aligned.
     #[allow(clippy::too_many_arguments)]
     pub fn lm_xent(
         &self,
@@ -269,16 +272,41 @@ impl LmKernels {
         targets: u64,
         n: usize,
         v: usize,
+        ld: usize,
     ) -> Result<()> {
+        assert!(
+            ld.is_multiple_of(4) && ld >= v && logits.is_multiple_of(16) && bias.is_multiple_of(16),
+            "lm_xent: ld {ld} (V {v}) and the logits and bias addresses must allow float4"
+        );
         let args = [
             Arg::Ptr(logits),
             Arg::Ptr(ce),
             Arg::Ptr(bias),
             Arg::Ptr(targets),
             Arg::I32(v as i32),
+            Arg::I32(ld as i32),
             Arg::F32(1.0 / n as f32),
         ];
         self.launch(gpu, "lm_xent", blocks(n, WIDE), &args)
+    }
+
+    /// `lm_bias_grad`: dbias [ld] = column sums of dlogits [n, ld], in a fixed order.
+    pub fn lm_bias_grad(
+        &self,
+        gpu: &Gpu,
+        dbias: u64,
+        dlogits: u64,
+        n: usize,
+        ld: usize,
+    ) -> Result<()> {
+        let args = [
+            Arg::Ptr(dbias),
+            Arg::Ptr(dlogits),
+            Arg::I32(n as i32),
+            Arg::I32(ld as i32),
+        ];
+        // 32 columns by LM_BIAS_GROUPS = 16 row groups per block (kernels/lm_loss.cu).
+        self.launch(gpu, "lm_bias_grad", blocks(ld.div_ceil(32), 512), &args)
     }
 
     /// `lm_loss_sum`: out [4] = (total, ce, alpha AR, beta TAR) from the row sums.

@@ -13,6 +13,7 @@
 //!   tests/lm_on_cpu.rs).
 //! - `layer`: the buffers an LSTM layer owns.
 //! - [`model`]: [`LmCuda`], the step, forward then backward then update, or CUDA graphs.
+//! - [`phases`]: the step cut into named phases, each timed from its own graph (the bench).
 //! - `readback`: host copies of the loss, weights, gradients, moments and state.
 
 pub mod config;
@@ -21,6 +22,7 @@ mod layer;
 pub mod mask;
 pub mod model;
 pub mod params;
+pub mod phases;
 mod readback;
 pub mod reference;
 pub mod steps;

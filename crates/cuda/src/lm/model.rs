@@ -17,7 +17,7 @@ use super::layer::{addr, LmLayer};
 use super::mask::Mask;
 use super::params::{Layout, LmWeights};
 use super::steps::{
-    backward_ops, check_ops, forward_ops, layer_at, raw_at, update_ops, At, LmBuf, Op,
+    backward_ops, buf_len, check_ops, forward_ops, layer_at, raw_at, update_ops, At, LmBuf, Op,
 };
 use crate::device::Gpu;
 use crate::error::{DriverContext, Result};
@@ -50,12 +50,12 @@ pub(super) struct Bufs {
 pub struct LmCuda<'g> {
     pub(super) gpu: &'g Gpu,
     pub(super) cfg: LmConfig,
-    layout: Layout,
+    pub(super) layout: Layout,
     k: LmKernels,
     pub(super) b: Bufs,
     pub(super) layers: Vec<LmLayer>,
     /// (forward, backward, update) op lists.
-    ops: [Vec<Op>; 3],
+    pub(super) ops: [Vec<Op>; 3],
     /// (forward+backward, update) once [`LmCuda::capture_graphs`] ran.
     graphs: Option<(CudaGraph, CudaGraph)>,
 }
@@ -70,16 +70,19 @@ impl<'g> LmCuda<'g> {
     ) -> std::result::Result<Self, LmError> {
         cfg.validate()?;
         let layout = Layout::new(&cfg);
-        if w.len() != layout.total || w.layers.len() != cfg.layers {
+        let want = LmWeights::zeros(&cfg);
+        let shapes = |w: &LmWeights| w.named().iter().map(|(_, t)| t.len()).collect::<Vec<_>>();
+        if shapes(w) != shapes(&want) {
             return Err(LmError::Config(format!(
                 "weights have {} parameters in {} layers, the config needs {} in {}",
                 w.len(),
                 w.layers.len(),
-                layout.total,
+                want.len(),
                 cfg.layers
             )));
         }
-        let (n, e, v, p) = (cfg.rows(), cfg.emb, cfg.vocab, layout.total);
+        let (n, e, p) = (cfg.rows(), cfg.emb, layout.total);
+        let (v, vp) = (cfg.vocab, cfg.vocab_padded());
         let u32s = |len: usize, what: &str| -> Result<CudaSlice<u32>> {
             gpu.stream()
                 .alloc_zeros::<u32>(len)
@@ -87,7 +90,9 @@ impl<'g> LmCuda<'g> {
         };
         let s = gpu.stream();
         let b = Bufs {
-            params: s.clone_htod(&w.flatten()).op("upload LM parameters")?,
+            params: s
+                .clone_htod(&layout.to_flat(w))
+                .op("upload LM parameters")?,
             grads: gpu.alloc_zeros(p, "LM gradients")?,
             adam_m: gpu.alloc_zeros(p, "Adam first moments")?,
             adam_v: gpu.alloc_zeros(p, "Adam second moments")?,
@@ -99,7 +104,7 @@ impl<'g> LmCuda<'g> {
                 .op("upload hyper-parameters")?,
             dropped: gpu.alloc_zeros(n * e, "dropped output")?,
             ddropped: gpu.alloc_zeros(n * e, "dropped output gradient")?,
-            logits: gpu.alloc_zeros(n * v, &format!("logits [{n}, {v}]"))?,
+            logits: gpu.alloc_zeros(n * vp, &format!("logits [{n}, {vp}] (V {v} padded)"))?,
             ce: gpu.alloc_zeros(n, "cross-entropy rows")?,
             ar: gpu.alloc_zeros(n, "AR rows")?,
             tar: gpu.alloc_zeros(n, "TAR rows")?,
@@ -108,6 +113,34 @@ impl<'g> LmCuda<'g> {
             clip: gpu.alloc_zeros(2, "clip")?,
             ones: s.clone_htod(&vec![1.0f32; n]).op("upload ones")?,
         };
+        // The executor passes raw addresses checked against buf_len: the allocations must agree.
+        let lens = [
+            (LmBuf::Params, b.params.len()),
+            (LmBuf::Grads, b.grads.len()),
+            (LmBuf::AdamM, b.adam_m.len()),
+            (LmBuf::AdamV, b.adam_v.len()),
+            (LmBuf::Ids, b.ids.len()),
+            (LmBuf::Targets, b.targets.len()),
+            (LmBuf::Step, b.step.len()),
+            (LmBuf::Hyper, b.hyper.len()),
+            (LmBuf::Dropped, b.dropped.len()),
+            (LmBuf::DDropped, b.ddropped.len()),
+            (LmBuf::Logits, b.logits.len()),
+            (LmBuf::Ce, b.ce.len()),
+            (LmBuf::Ar, b.ar.len()),
+            (LmBuf::Tar, b.tar.len()),
+            (LmBuf::Loss, b.loss.len()),
+            (LmBuf::Partial, b.partial.len()),
+            (LmBuf::Clip, b.clip.len()),
+            (LmBuf::Ones, b.ones.len()),
+        ];
+        for (buf, len) in lens {
+            let want = buf_len(&cfg, &layout, buf);
+            assert_eq!(
+                len, want,
+                "LM buffer {buf:?}: allocated {len}, steps::buf_len {want}"
+            );
+        }
         let mut layers = Vec::with_capacity(cfg.layers);
         for (l, d) in cfg.layer_dims().into_iter().enumerate() {
             layers.push(LmLayer::new(gpu, d, l, &layout)?);
@@ -229,7 +262,7 @@ impl<'g> LmCuda<'g> {
         Ok(self.loss()?)
     }
 
-    fn run_ops(&self, ops: &[Op]) -> Result<()> {
+    pub(super) fn run_ops(&self, ops: &[Op]) -> Result<()> {
         ops.iter().try_for_each(|op| self.run(op))
     }
 
@@ -285,7 +318,11 @@ impl<'g> LmCuda<'g> {
             Op::Xent => {
                 let bias = self.p(LmBuf::Params, self.layout.dec_bias);
                 let (logits, ce, targets) = (q(LmBuf::Logits), q(LmBuf::Ce), q(LmBuf::Targets));
-                k.lm_xent(g, logits, ce, bias, targets, n, v)
+                k.lm_xent(g, logits, ce, bias, targets, n, v, c.vocab_padded())
+            }
+            Op::BiasGrad => {
+                let dbias = self.p(LmBuf::Grads, self.layout.dec_bias);
+                k.lm_bias_grad(g, dbias, q(LmBuf::Logits), n, c.vocab_padded())
             }
             Op::LossSum => {
                 let [alpha, ar_div, beta, tar_div] = self.reg_terms();

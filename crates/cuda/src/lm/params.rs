@@ -1,11 +1,12 @@
 //! The LM's parameters on the host, and their layout in the one flat device buffer that the
 //! clipping and Adam kernels sweep: embedding [V, E] (also the tied decoder weight), decoder
-//! bias [V], then per layer w_ih [4H, I], w_hh [4H, H] (before DropConnect), b_ih, b_hh [4H].
-//! Gradients use the same type and layout.
+//! bias [V], then per layer w_ih [4H, I], w_hh [4H, H] (before DropConnect), b_ih, b_hh [4H];
+//! on the device each in an aligned slot ([`Layout`]). Gradients use the same type and layout.
+//! `flatten` / `unflatten` are the dense host order (the CPU formulas' flat vectors).
 
 use ulmfit_lstm::LayerWeights;
 
-use super::config::LmConfig;
+use super::config::{LmConfig, VOCAB_ALIGN};
 use super::mask::{mask_key, unit};
 
 /// Every parameter (or gradient) of the LM, host side.
@@ -84,7 +85,7 @@ impl LmWeights {
         out
     }
 
-    /// The flat buffer [P].
+    /// Every tensor, concatenated densely [P] (the device buffer is `Layout::to_flat`).
     pub fn flatten(&self) -> Vec<f32> {
         self.named()
             .into_iter()
@@ -92,7 +93,7 @@ impl LmWeights {
             .collect()
     }
 
-    /// Refills every tensor from a flat buffer of the same layout.
+    /// Refills every tensor from a dense [P] buffer ([`LmWeights::flatten`]'s order).
     pub fn unflatten(&mut self, flat: &[f32]) {
         assert_eq!(
             flat.len(),
@@ -118,35 +119,41 @@ impl LmWeights {
     }
 }
 
-/// Where each tensor sits in the flat buffer.
+/// Where each tensor sits in the flat device buffer: in `LmWeights::named` order, each slot
+/// starting at a multiple of [`VOCAB_ALIGN`] f32 (so every GEMM operand and kernel pointer is
+/// 256-byte aligned), the embedding's slot Vp rows long (`LmConfig::vocab_padded`), the
+/// decoder bias's Vp long. Gaps and padding rows hold 0 and get gradient 0, so they stay 0.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Layout {
-    /// Offset of the embedding (0).
+    /// Offset of the embedding [Vp, E] (0); rows V.. are padding.
     pub emb: usize,
-    /// Offset of the decoder bias.
+    /// Offset of the decoder bias [Vp]; entries V.. are padding.
     pub dec_bias: usize,
     /// Per layer, offsets of (w_ih, w_hh, b_ih, b_hh).
     pub layers: Vec<[usize; 4]>,
-    /// P.
+    /// Length of the flat buffer (P plus padding).
     pub total: usize,
 }
 
+/// `at` rounded up to a multiple of [`VOCAB_ALIGN`].
+fn aligned(at: usize) -> usize {
+    at.div_ceil(VOCAB_ALIGN) * VOCAB_ALIGN
+}
+
 impl Layout {
-    /// The layout of `LmWeights::flatten` for `cfg`.
+    /// The layout for `cfg`.
     pub fn new(cfg: &LmConfig) -> Self {
-        let mut at = cfg.vocab * cfg.emb;
-        let dec_bias = at;
-        at += cfg.vocab;
+        let vp = cfg.vocab_padded();
+        let dec_bias = aligned(vp * cfg.emb);
+        let mut at = aligned(dec_bias + vp);
         let mut layers = Vec::new();
         for d in cfg.layer_dims() {
             let g = 4 * d.h;
-            let offs = [
-                at,
-                at + g * d.i,
-                at + g * d.i + g * d.h,
-                at + g * d.i + g * d.h + g,
-            ];
-            at = offs[3] + g;
+            let mut offs = [0; 4];
+            for (off, len) in offs.iter_mut().zip([g * d.i, g * d.h, g, g]) {
+                *off = at;
+                at = aligned(at + len);
+            }
             layers.push(offs);
         }
         Layout {
@@ -154,6 +161,43 @@ impl Layout {
             dec_bias,
             layers,
             total: at,
+        }
+    }
+
+    /// Offset of each tensor, in `LmWeights::named` order.
+    fn offsets(&self) -> Vec<usize> {
+        let mut out = vec![self.emb, self.dec_bias];
+        self.layers.iter().for_each(|l| out.extend(l));
+        out
+    }
+
+    /// The flat device buffer [total] holding `w` (zeros in the gaps). `w` must be shaped
+    /// for the config of this layout.
+    pub fn to_flat(&self, w: &LmWeights) -> Vec<f32> {
+        let mut flat = vec![0.0; self.total];
+        for (off, (name, t)) in self.offsets().into_iter().zip(w.named()) {
+            assert!(
+                off + t.len() <= self.total,
+                "Layout::to_flat: {name} of {} overruns {}",
+                t.len(),
+                self.total
+            );
+            flat[off..off + t.len()].copy_from_slice(t);
+        }
+        flat
+    }
+
+    /// Refills every tensor of `w` (shaped for this layout's config) from a flat device
+    /// buffer [total]; the inverse of [`Layout::to_flat`].
+    pub fn from_flat(&self, flat: &[f32], w: &mut LmWeights) {
+        assert_eq!(
+            flat.len(),
+            self.total,
+            "Layout::from_flat: flat buffer length"
+        );
+        for (off, part) in self.offsets().into_iter().zip(w.parts_mut()) {
+            let len = part.len();
+            part.copy_from_slice(&flat[off..off + len]);
         }
     }
 }

@@ -39,9 +39,10 @@ impl LmCuda<'_> {
         Ok(self.download_u32(&self.b.step)?[0])
     }
 
+    /// The tensors of a flat device buffer (`Layout::from_flat`).
     fn unflat(&self, flat: &[f32]) -> LmWeights {
         let mut w = LmWeights::zeros(&self.cfg);
-        w.unflatten(flat);
+        self.layout.from_flat(flat, &mut w);
         w
     }
 
@@ -55,11 +56,13 @@ impl LmCuda<'_> {
         Ok(self.unflat(&self.download(&self.b.grads, "download gradients")?))
     }
 
-    /// Flat Adam moments (m, v) [P] each.
+    /// Adam moments (m, v), each [P] in `LmWeights::flatten` order.
     pub fn moments(&self) -> Result<(Vec<f32>, Vec<f32>)> {
         Ok((
-            self.download(&self.b.adam_m, "download Adam m")?,
-            self.download(&self.b.adam_v, "download Adam v")?,
+            self.unflat(&self.download(&self.b.adam_m, "download Adam m")?)
+                .flatten(),
+            self.unflat(&self.download(&self.b.adam_v, "download Adam v")?)
+                .flatten(),
         ))
     }
 

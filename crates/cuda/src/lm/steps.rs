@@ -6,7 +6,8 @@
 //! kernels and checks them against `super::reference`, so the orchestration (buffers,
 //! offsets, masks, order) is proven without a GPU. LSTM layers appear as the steps of the
 //! fused layer's plans (`crate::plan`) with the layer's buffers mapped by [`layer_at`].
-//! Dimensions: T steps, B batch, E embedding width, V vocabulary, N = T*B rows.
+//! Dimensions: T steps, B batch, E embedding width, V vocabulary (Vp padded, see
+//! `LmConfig::vocab_padded`), N = T*B rows.
 
 use ulmfit_lstm::LstmDims;
 
@@ -38,7 +39,7 @@ pub enum LmBuf {
     Dropped,
     /// dL/ddropped [N, E].
     DDropped,
-    /// Logits [N, V], then dL/dlogits in place.
+    /// Logits [N, Vp] (row stride Vp, columns V.. padding), then dL/dlogits in place.
     Logits,
     /// Per-row cross-entropy [N].
     Ce,
@@ -116,6 +117,8 @@ pub enum Op {
     Gemm(Gemm<LmBuf>),
     /// `lm_xent`: Ce, and dL/dlogits in Logits, from Logits, the decoder bias and Targets.
     Xent,
+    /// `lm_bias_grad`: the decoder bias's gradient, column sums of dL/dlogits over N rows.
+    BiasGrad,
     /// `lm_loss_sum`: Loss from Ce, Ar, Tar.
     LossSum,
     /// `lm_reg_bwd`: the top layer's Dy from DDropped, Dropped and the raw output.
@@ -156,7 +159,7 @@ pub fn raw_at(cfg: &LmConfig) -> At {
 
 /// Number of elements of `buf` (u32 buffers count u32s).
 pub fn buf_len(cfg: &LmConfig, layout: &Layout, buf: LmBuf) -> usize {
-    let (n, e, v) = (cfg.rows(), cfg.emb, cfg.vocab);
+    let (n, e, v) = (cfg.rows(), cfg.emb, cfg.vocab_padded());
     match buf {
         LmBuf::Params | LmBuf::Grads | LmBuf::AdamM | LmBuf::AdamV => layout.total,
         LmBuf::Ids | LmBuf::Targets | LmBuf::Ce | LmBuf::Ar | LmBuf::Tar | LmBuf::Ones => n,
@@ -171,13 +174,15 @@ pub fn buf_len(cfg: &LmConfig, layout: &Layout, buf: LmBuf) -> usize {
     }
 }
 
-/// The decoder's GEMMs: logits = dropped . emb^T (forward), then ddropped = dlogits . emb,
-/// demb = dlogits^T . dropped (overwrites the embedding's gradient slot) and
-/// dbias = ones . dlogits (backward). Bias and softmax are in `lm_xent`.
-pub fn decoder_gemms(cfg: &LmConfig, layout: &Layout) -> [Gemm<LmBuf>; 4] {
-    let (n, e, v) = (cfg.rows(), cfg.emb, cfg.vocab);
-    let emb = mat(LmBuf::Params, layout.emb, v, e);
-    let logits = mat(LmBuf::Logits, 0, n, v);
+/// The decoder's GEMMs over the padded vocabulary Vp (padding rows of the embedding and
+/// columns of the logits are 0, so they add nothing): logits = dropped . emb^T (forward),
+/// then ddropped = dlogits . emb and demb = dlogits^T . dropped (overwrites the embedding's
+/// gradient slot; backward). Bias and softmax are in `lm_xent`, the bias gradient in
+/// `lm_bias_grad`.
+pub fn decoder_gemms(cfg: &LmConfig, layout: &Layout) -> [Gemm<LmBuf>; 3] {
+    let (n, e, vp) = (cfg.rows(), cfg.emb, cfg.vocab_padded());
+    let emb = mat(LmBuf::Params, layout.emb, vp, e);
+    let logits = mat(LmBuf::Logits, 0, n, vp);
     let dropped = mat(LmBuf::Dropped, 0, n, e);
     [
         Gemm {
@@ -193,12 +198,7 @@ pub fn decoder_gemms(cfg: &LmConfig, layout: &Layout) -> [Gemm<LmBuf>; 4] {
         Gemm {
             a: transposed(logits),
             b: dropped,
-            c: mat(LmBuf::Grads, layout.emb, v, e),
-        },
-        Gemm {
-            a: mat(LmBuf::Ones, 0, 1, n),
-            b: logits,
-            c: mat(LmBuf::Grads, layout.dec_bias, 1, v),
+            c: mat(LmBuf::Grads, layout.emb, vp, e),
         },
     ]
 }
@@ -269,13 +269,8 @@ pub fn forward_ops(cfg: &LmConfig, layout: &Layout) -> Vec<Op> {
 pub fn backward_ops(cfg: &LmConfig, layout: &Layout) -> Vec<Op> {
     let (n, bn) = (cfg.rows(), cfg.b);
     let dims = cfg.layer_dims();
-    let [_, ddropped, demb, dbias] = decoder_gemms(cfg, layout);
-    let mut ops = vec![
-        Op::Gemm(ddropped),
-        Op::Gemm(demb),
-        Op::Gemm(dbias),
-        Op::RegBwd,
-    ];
+    let [_, ddropped, demb] = decoder_gemms(cfg, layout);
+    let mut ops = vec![Op::Gemm(ddropped), Op::Gemm(demb), Op::BiasGrad, Op::RegBwd];
     for (l, &d) in dims.iter().enumerate().rev() {
         ops.extend(layer_steps(l, backward_plan(d)));
         ops.push(weight_drop(cfg, layout, l, d, true));
