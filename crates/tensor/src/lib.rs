@@ -12,6 +12,7 @@ pub mod error;
 pub mod gemm;
 pub mod ops;
 pub mod optim;
+mod pool;
 pub mod rng;
 pub mod sgemm;
 pub mod tensor;

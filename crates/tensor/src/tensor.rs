@@ -40,6 +40,12 @@ pub(crate) struct Node {
     pub(crate) creator: Option<(Box<dyn Op>, Vec<Tensor>)>,
 }
 
+impl Drop for Node {
+    fn drop(&mut self) {
+        crate::pool::give(std::mem::take(self.data.get_mut()));
+    }
+}
+
 static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
 
 impl Tensor {

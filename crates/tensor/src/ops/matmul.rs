@@ -70,7 +70,7 @@ impl Tensor {
     pub fn matmul_t(&self, rhs: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
         let d = dims(self.shape(), rhs.shape(), ta, tb)?;
         let (a, b) = (self.data(), rhs.data());
-        let mut out = vec![0.0; d.batch * d.m * d.n];
+        let mut out = crate::pool::take(d.batch * d.m * d.n); // every element written (beta 0)
         let (ar, ac) = if ta { (d.k, d.m) } else { (d.m, d.k) };
         let (br, bc) = if tb { (d.n, d.k) } else { (d.k, d.n) };
         for i in 0..d.batch {
@@ -101,7 +101,8 @@ impl Tensor {
         if bias.shape() != [n] {
             return Err(mismatch("add_bias", self.shape(), bias.shape()));
         }
-        let mut out = self.to_vec();
+        let mut out = crate::pool::take(self.numel());
+        out.copy_from_slice(&self.data());
         let b = bias.data();
         let b: &[f32] = &b;
         out.par_chunks_mut(n.max(1)).for_each(|row| row.iter_mut().zip(b.iter()).for_each(|(y, b)| *y += b));
@@ -144,8 +145,9 @@ impl Op for Matmul {
         let (a, b, g) = (at.data(), bt.data(), dout.data());
         let (ar, ac) = if self.ta { (d.k, d.m) } else { (d.m, d.k) };
         let (br, bc) = if self.tb { (d.n, d.k) } else { (d.k, d.n) };
-        let mut da = vec![0.0; a.len()];
-        let mut db = vec![0.0; b.len()];
+        // Both written in full: beta is 0 for the first (or only) product into each.
+        let mut da = crate::pool::take(a.len());
+        let mut db = crate::pool::take(b.len());
         let (sa, sb, sg) = (ar * ac, br * bc, d.m * d.n);
         for i in 0..d.batch {
             let ai = &a[i * sa..(i + 1) * sa];

@@ -117,7 +117,7 @@ impl Tensor {
         }
         let x = self.data();
         let x: &[f32] = &x;
-        let mut probs = vec![0.0; n * c];
+        let mut probs = crate::pool::take(n * c); // every row written below
         // Per row: -log p(target), or None when ignored. One exp per logit: p = exp(x - max)
         // is summed, then scaled; log-sum-exp = max + ln(sum).
         let row_losses: Vec<Option<f64>> = probs
