@@ -28,6 +28,8 @@ enum Command {
     Download(cli::text::DownloadArgs),
     /// The whole ULMFiT pipeline from one TOML config (see configs/).
     Run(cli::train::RunArgs),
+    /// fastai's LR range test on the config's pretraining stage.
+    LrFind(cli::lr_find::LrFindArgs),
     /// Classify texts with a trained classifier checkpoint.
     Predict(cli::train::PredictArgs),
 }
@@ -40,6 +42,7 @@ fn main() {
         Command::Vocab(args) => cli::text::vocab(args),
         Command::Download(args) => cli::text::download(args),
         Command::Run(args) => cli::train::run(args),
+        Command::LrFind(args) => cli::lr_find::run(args),
         Command::Predict(args) => cli::train::predict(args),
     };
     if let Err(e) = result {

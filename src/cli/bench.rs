@@ -104,10 +104,8 @@ pub struct LstmCase {
 impl LstmCase {
     /// Short name, e.g. `400-1152-1152-400 B64 T70`.
     pub fn name(&self) -> String {
-        let sizes: Vec<String> = std::iter::once(self.input)
-            .chain(self.sizes.iter().copied())
-            .map(|s| s.to_string())
-            .collect();
+        let sizes: Vec<String> =
+            std::iter::once(self.input).chain(self.sizes.iter().copied()).map(|s| s.to_string()).collect();
         format!("{} B{} T{}", sizes.join("-"), self.batch, self.seq)
     }
 
@@ -137,23 +135,10 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
 fn lstm(a: LstmArgs) -> Result<()> {
     let case = match &a.sizes {
         Some(s) => {
-            ensure!(
-                s.len() >= 2,
-                "--sizes {s:?}: give the input size and at least one layer size"
-            );
-            LstmCase {
-                input: s[0],
-                sizes: s[1..].to_vec(),
-                batch: a.batch,
-                seq: a.seq,
-            }
+            ensure!(s.len() >= 2, "--sizes {s:?}: give the input size and at least one layer size");
+            LstmCase { input: s[0], sizes: s[1..].to_vec(), batch: a.batch, seq: a.seq }
         }
-        None => LstmCase {
-            input: a.input,
-            sizes: vec![a.hidden; a.layers],
-            batch: a.batch,
-            seq: a.seq,
-        },
+        None => LstmCase { input: a.input, sizes: vec![a.hidden; a.layers], batch: a.batch, seq: a.seq },
     };
     ensure!(
         !case.sizes.is_empty() && case.input > 0 && case.sizes.iter().all(|&h| h > 0) && case.batch > 0 && case.seq > 0,
@@ -171,21 +156,15 @@ fn lstm(a: LstmArgs) -> Result<()> {
 fn lstm_cpu(case: &LstmCase, a: &LstmArgs) -> Result<()> {
     let isa = Isa::detect();
     let diff = check_against_reference(case, isa);
-    ensure!(
-        diff <= 1e-4,
-        "bench lstm: fused layer differs from the reference by {diff:e} (relative); not timing"
-    );
+    ensure!(diff <= 1e-4, "bench lstm: fused layer differs from the reference by {diff:e} (relative); not timing");
     let mut sizes = vec![case.input];
     sizes.extend(&case.sizes);
     let mut stack = LstmStack::new(&sizes, 1);
     stack.isa = isa;
     let (t, b) = (case.seq, case.batch);
-    let x: Vec<f32> = (0..t * b * case.input)
-        .map(|k| (k * 37 % 101) as f32 / 50.0 - 1.0)
-        .collect();
-    let dy: Vec<f32> = (0..t * b * case.sizes[case.sizes.len() - 1])
-        .map(|k| (k * 13 % 29) as f32 / 14.0 - 1.0)
-        .collect();
+    let x: Vec<f32> = (0..t * b * case.input).map(|k| (k * 37 % 101) as f32 / 50.0 - 1.0).collect();
+    let dy: Vec<f32> =
+        (0..t * b * case.sizes[case.sizes.len() - 1]).map(|k| (k * 13 % 29) as f32 / 14.0 - 1.0).collect();
     let threads = layer::num_threads();
     if !a.json {
         println!(
@@ -210,10 +189,7 @@ fn lstm_cpu(case: &LstmCase, a: &LstmArgs) -> Result<()> {
                 secs * 1e3
             );
         } else {
-            println!(
-                "  {pass:<8} {:>9.2} ms  {tps:>11.0} tokens/s  {gflops:>7.1} GFLOP/s",
-                secs * 1e3
-            );
+            println!("  {pass:<8} {:>9.2} ms  {tps:>11.0} tokens/s  {gflops:>7.1} GFLOP/s", secs * 1e3);
         }
     }
     Ok(())
@@ -238,12 +214,7 @@ fn time(a: &LstmArgs, mut f: impl FnMut()) -> f64 {
 /// Largest relative difference between the fused layer and the reference on a small
 /// slice of the first layer (T=3, B=min(B, 5), full I and H): forward y and dW_hh.
 fn check_against_reference(case: &LstmCase, isa: Isa) -> f32 {
-    let d = LstmDims {
-        t: 3,
-        b: case.batch.min(5),
-        i: case.input,
-        h: case.sizes[0],
-    };
+    let d = LstmDims { t: 3, b: case.batch.min(5), i: case.input, h: case.sizes[0] };
     let w = ulmfit_lstm::LayerWeights::init(d.i, d.h, 7);
     let p = w.params_with(&w.w_hh);
     let x: Vec<f32> = (0..d.t * d.b * d.i).map(|k| (k * 7 % 23) as f32 / 11.0 - 1.0).collect();
@@ -255,11 +226,7 @@ fn check_against_reference(case: &LstmCase, isa: Isa) -> f32 {
     let g = layer::backward(d, &p, &x, &zeros, &zeros, &out.y, saved, &dy, None, None, isa);
     let rel = |got: &[f32], want: &[f32]| {
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-30);
-        got.iter()
-            .zip(want)
-            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs() / scale))
+        got.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs() / scale))
     };
-    rel(&out.y, &want.y)
-        .max(rel(&g.dw_hh, &want_g.dw_hh))
-        .max(rel(&g.dx, &want_g.dx))
+    rel(&out.y, &want.y).max(rel(&g.dw_hh, &want_g.dw_hh)).max(rel(&g.dx, &want_g.dx))
 }

@@ -39,9 +39,7 @@ struct HostLayer {
 }
 
 fn uniform(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| (rng.uniform() * 2.0 - 1.0) * scale)
-        .collect()
+    (0..n).map(|_| (rng.uniform() * 2.0 - 1.0) * scale).collect()
 }
 
 impl HostLayer {
@@ -62,38 +60,26 @@ impl HostLayer {
     }
 
     fn params(&self) -> LstmParams<'_> {
-        LstmParams {
-            w_ih: &self.w_ih,
-            w_hh: &self.w_hh,
-            b_ih: &self.b_ih,
-            b_hh: &self.b_hh,
-        }
+        LstmParams { w_ih: &self.w_ih, w_hh: &self.w_hh, b_ih: &self.b_ih, b_hh: &self.b_hh }
     }
 }
 
 /// Dims of each layer of the stack: layer l maps sizes[l-1] (or `input`) to sizes[l].
 fn stack_dims(case: &LstmCase, t: usize, b: usize) -> Vec<LstmDims> {
     let inputs = std::iter::once(case.input).chain(case.sizes.iter().copied());
-    inputs
-        .zip(&case.sizes)
-        .map(|(i, &h)| LstmDims { t, b, i, h })
-        .collect()
+    inputs.zip(&case.sizes).map(|(i, &h)| LstmDims { t, b, i, h }).collect()
 }
 
 /// max |got - want| / max |want| over one output.
 fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    let scale = want
-        .iter()
-        .fold(0f64, |m, v| m.max(v.abs() as f64))
-        .max(1e-12);
-    let diff = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs() as f64)
-        .fold(
-            0f64,
-            |m, v| if v.is_nan() { f64::INFINITY } else { m.max(v) },
-        );
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs() as f64)).max(1e-12);
+    let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs() as f64).fold(0f64, |m, v| {
+        if v.is_nan() {
+            f64::INFINITY
+        } else {
+            m.max(v)
+        }
+    });
     diff / scale
 }
 
@@ -180,10 +166,7 @@ impl Report<'_> {
                 self.ms
             );
         } else {
-            println!(
-                "  {:<8} {:>9.3} ms  {tps:>11.0} tokens/s  {gflops:>7.1} GFLOP/s  ({launch})",
-                self.pass, self.ms
-            );
+            println!("  {:<8} {:>9.3} ms  {tps:>11.0} tokens/s  {gflops:>7.1} GFLOP/s  ({launch})", self.pass, self.ms);
         }
     }
 }
@@ -207,10 +190,7 @@ pub fn lstm(case: &LstmCase, tf32: bool, json: bool) -> anyhow::Result<()> {
 
     let mut rng = Rng::new(1);
     let dims = stack_dims(case, case.seq, case.batch);
-    let host: Vec<HostLayer> = dims
-        .iter()
-        .map(|&d| HostLayer::random(d, &mut rng))
-        .collect();
+    let host: Vec<HostLayer> = dims.iter().map(|&d| HostLayer::random(d, &mut rng)).collect();
     let mut layers = Vec::with_capacity(host.len());
     for l in &host {
         let mut layer = LstmCuda::new(&gpu, l.d, &l.params())?;
@@ -238,15 +218,7 @@ pub fn lstm(case: &LstmCase, tf32: bool, json: bool) -> anyhow::Result<()> {
                 }
                 Ok(gpu.sync(pass)?)
             })?;
-            Report {
-                case,
-                pass,
-                gpu: &gpu,
-                graphs,
-                ms,
-                flop,
-            }
-            .print(json);
+            Report { case, pass, gpu: &gpu, graphs, ms, flop }.print(json);
         }
     }
     if layers_captured {
@@ -279,15 +251,7 @@ fn time_parts(gpu: &Gpu, case: &LstmCase, layers: &[LstmCuda], json: bool) -> an
             }
             Ok(gpu.sync(kind)?)
         })?;
-        Report {
-            case,
-            pass: &format!("fwd+bwd:{kind}"),
-            gpu,
-            graphs: true,
-            ms,
-            flop,
-        }
-        .print(json);
+        Report { case, pass: &format!("fwd+bwd:{kind}"), gpu, graphs: true, ms, flop }.print(json);
     }
     Ok(())
 }
@@ -297,17 +261,10 @@ fn time_parts(gpu: &Gpu, case: &LstmCase, layers: &[LstmCuda], json: bool) -> an
 /// more than 1e-4 (FP32) or 2e-2 (TF32) of its scale. Returns the worst relative difference.
 fn check_lm_against_reference(gpu: &Gpu) -> anyhow::Result<f64> {
     let tol = if gpu.tf32() { 2e-2 } else { 1e-4 };
-    let cfg = LmConfig {
-        vocab: 97,
-        emb: 16,
-        hidden: 24,
-        ..LmConfig::awd_lstm(97, 6, 3)
-    };
+    let cfg = LmConfig { vocab: 97, emb: 16, hidden: 24, ..LmConfig::awd_lstm(97, 6, 3) };
     let w = LmWeights::init(&cfg, 3);
     let mut rng = Rng::new(3);
-    let ids: Vec<u32> = (0..cfg.rows() * 2)
-        .map(|_| rng.below(cfg.vocab) as u32)
-        .collect();
+    let ids: Vec<u32> = (0..cfg.rows() * 2).map(|_| rng.below(cfg.vocab) as u32).collect();
     let (x, y) = ids.split_at(cfg.rows());
     let mut model = LmCuda::new(gpu, cfg.clone(), &w, Hyper::default())?;
     model.set_batch(x, y)?;
@@ -320,10 +277,7 @@ fn check_lm_against_reference(gpu: &Gpu) -> anyhow::Result<f64> {
         anyhow::ensure!(e <= tol, "CUDA LM step: gradient {name} differs from the CPU reference by {e:.2e} of its scale (tolerance {tol:.0e})");
         worst = worst.max(e);
     }
-    anyhow::ensure!(
-        worst <= tol,
-        "CUDA LM step: loss differs from the CPU reference by {worst:.2e}"
-    );
+    anyhow::ensure!(worst <= tol, "CUDA LM step: loss differs from the CPU reference by {worst:.2e}");
     Ok(worst)
 }
 
@@ -348,35 +302,23 @@ fn median_ms(steps: usize, mut run: impl FnMut() -> anyhow::Result<()>) -> anyho
 /// download, op by op and replayed from CUDA graphs. With `--json` the last line printed is
 /// the graphs result (`scripts/bench_lm_step_torch.py` reads it); the text output ends with
 /// the time of each phase of the step.
-pub fn lm_step(
-    vocab: usize,
-    batch: usize,
-    seq: usize,
-    steps: usize,
-    tf32: bool,
-    json: bool,
-) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        vocab > 1 && batch > 0 && seq > 0 && steps > 0,
-        "vocab, batch, seq and steps must be positive"
-    );
+pub fn lm_step(vocab: usize, batch: usize, seq: usize, steps: usize, tf32: bool, json: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(vocab > 1 && batch > 0 && seq > 0 && steps > 0, "vocab, batch, seq and steps must be positive");
     let gpu = Gpu::new(tf32)?;
     let worst = check_lm_against_reference(&gpu).context("checking before timing")?;
     let case = format!("awd-lstm lm-step V{vocab} B{batch} T{seq}");
     if !json {
-        println!("bench lm-step {case} on cuda: {}, {}; check vs reference (V97 T6 B3): max rel diff {worst:.1e}", gpu.name(), if tf32 { "tf32" } else { "fp32" });
+        println!(
+            "bench lm-step {case} on cuda: {}, {}; check vs reference (V97 T6 B3): max rel diff {worst:.1e}",
+            gpu.name(),
+            if tf32 { "tf32" } else { "fp32" }
+        );
     }
     let cfg = LmConfig::awd_lstm(vocab, seq, batch);
-    let mut model = LmCuda::new(
-        &gpu,
-        cfg,
-        &LmWeights::init(&LmConfig::awd_lstm(vocab, seq, batch), 0),
-        Hyper::default(),
-    )?;
+    let mut model =
+        LmCuda::new(&gpu, cfg, &LmWeights::init(&LmConfig::awd_lstm(vocab, seq, batch), 0), Hyper::default())?;
     let mut rng = Rng::new(1);
-    let ids: Vec<u32> = (0..(seq + 1) * batch)
-        .map(|_| rng.below(vocab) as u32)
-        .collect();
+    let ids: Vec<u32> = (0..(seq + 1) * batch).map(|_| rng.below(vocab) as u32).collect();
     let (x, y) = (&ids[..seq * batch], &ids[batch..]);
     let tokens = (batch * seq) as f64;
     let report = |pass: &str, graphs: bool, ms: f64, loss: f32| {
@@ -403,13 +345,9 @@ pub fn lm_step(
     }
     // The parts alone (human output only): forward+backward, then clip + Adam.
     if !json {
-        let fb = median_ms(steps, || {
-            Ok(model.forward_backward().and_then(|_| gpu.sync("fwd+bwd"))?)
-        })?;
+        let fb = median_ms(steps, || Ok(model.forward_backward().and_then(|_| gpu.sync("fwd+bwd"))?))?;
         report("fwd+bwd", true, fb, model.loss()?[0]);
-        let up = median_ms(steps, || {
-            Ok(model.update().and_then(|_| gpu.sync("update"))?)
-        })?;
+        let up = median_ms(steps, || Ok(model.update().and_then(|_| gpu.sync("update"))?))?;
         report("clip+adam", true, up, model.loss()?[0]);
     }
     let ms = median_ms(steps, || {

@@ -20,7 +20,8 @@ pub fn lm_step_cpu(vocab: usize, batch: usize, seq: usize, steps: usize, json: b
     let groups = model.param_groups().into_iter().map(|p| ParamGroup::new(p, 1e-3)).collect();
     let mut opt = Adam::new(groups, 1e-5);
     let ids: Vec<u32> = (0..(seq + 1) * batch).map(|_| rng.below(vocab) as u32).collect();
-    let lm_batch = LmBatch { x: ids[..seq * batch].to_vec(), y: ids[batch..].to_vec(), seq_len: seq, batch_size: batch };
+    let lm_batch =
+        LmBatch { x: ids[..seq * batch].to_vec(), y: ids[batch..].to_vec(), seq_len: seq, batch_size: batch };
     let cfg = StepConfig { clip: Some(0.1), alpha: 2.0, beta: 1.0 };
     let mut times = Vec::with_capacity(steps);
     for step in 0..=steps {

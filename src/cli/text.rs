@@ -63,11 +63,7 @@ pub fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
     let shown = &docs[..args.limit.min(docs.len())];
     let toks = tok.tokenize_batch(&shown.iter().map(|d| d.text.as_str()).collect::<Vec<_>>());
     for (i, (d, t)) in shown.iter().zip(toks).enumerate() {
-        let label = d
-            .label
-            .as_deref()
-            .map(|l| format!(" [{l}]"))
-            .unwrap_or_default();
+        let label = d.label.as_deref().map(|l| format!(" [{l}]")).unwrap_or_default();
         let line: Vec<String> = t.iter().map(|x| escape(x)).collect();
         println!("doc {i}{label} ({} tokens): {}", line.len(), line.join(" "));
     }
@@ -81,9 +77,7 @@ pub fn vocab(args: VocabArgs) -> anyhow::Result<()> {
     let tok = Tokenizer::new();
     let t0 = std::time::Instant::now();
     let (vocab, corpus) = pipeline::build_corpus(&docs, &tok, args.max_vocab, args.min_freq);
-    vocab
-        .save(&args.out)
-        .with_context(|| format!("saving {}", args.out.display()))?;
+    vocab.save(&args.out).with_context(|| format!("saving {}", args.out.display()))?;
     let unk = corpus.ids.iter().filter(|&&i| i == 0).count();
     println!(
         "{} documents, {} tokens in {:.2} s; vocabulary of {} written to {} ({:.2}% of tokens unknown)",
@@ -99,11 +93,7 @@ pub fn vocab(args: VocabArgs) -> anyhow::Result<()> {
 
 /// Runs `ulmfit download`.
 pub fn download(args: DownloadArgs) -> anyhow::Result<()> {
-    let got = pipeline::download_with_progress(
-        &args.dest,
-        args.base_url.as_deref(),
-        args.only.as_deref(),
-    )?;
+    let got = pipeline::download_with_progress(&args.dest, args.base_url.as_deref(), args.only.as_deref())?;
     for o in got {
         match o {
             ulmfit_text::download::Outcome::Downloaded(p) => {

@@ -78,13 +78,16 @@ fn fetch_missing(cfg: &mut Config) -> Result<()> {
         eprintln!("{name} is not under {}: downloading it there", root.display());
         let mut last = String::new();
         ulmfit_text::download::download(&root, None, Some(name), &mut |file, done, total| {
-            let line = format!("{file}: {} MB{}", done >> 20, total.map_or(String::new(), |t| format!(" of {} MB", t >> 20)));
+            let line =
+                format!("{file}: {} MB{}", done >> 20, total.map_or(String::new(), |t| format!(" of {} MB", t >> 20)));
             if line != last {
                 eprint!("\r{line}");
                 last = line;
             }
         })
-        .with_context(|| format!("downloading {name} into {} (or set ULMFIT_DATA to a folder that has it)", root.display()))?;
+        .with_context(|| {
+            format!("downloading {name} into {} (or set ULMFIT_DATA to a folder that has it)", root.display())
+        })?;
         eprintln!();
         if name == "imdb" {
             cfg.data.task_path = "imdb/aclImdb_v1.tar.gz".into();
@@ -114,7 +117,11 @@ pub fn predict(a: PredictArgs) -> Result<()> {
     let ck = checkpoint::load(&a.model)?;
     let cfg = Config::parse(&ck.config, &a.model.join("config.toml"))?;
     let classes_path = a.model.join("classes.txt");
-    let classes: Vec<String> = std::fs::read_to_string(&classes_path).with_context(|| format!("reading {}", classes_path.display()))?.lines().map(str::to_string).collect();
+    let classes: Vec<String> = std::fs::read_to_string(&classes_path)
+        .with_context(|| format!("reading {}", classes_path.display()))?
+        .lines()
+        .map(str::to_string)
+        .collect();
     let vocab = Vocab::from_itos(ck.vocab.clone());
     let enc_cfg = pipeline::model_config(&cfg, vocab.len(), cfg.model.clas_dropouts, cfg.model.clas_drop_mult);
     let mut rng = Rng::new(0);
@@ -138,7 +145,8 @@ pub fn predict(a: PredictArgs) -> Result<()> {
     let tok = Tokenizer::new();
     for chunk in texts.chunks(64) {
         // The classifier wants each batch longest first; remember where each text went.
-        let mut order: Vec<(usize, Vec<u32>)> = chunk.iter().map(|t| vocab.encode(&tok.tokenize(t))).enumerate().collect();
+        let mut order: Vec<(usize, Vec<u32>)> =
+            chunk.iter().map(|t| vocab.encode(&tok.tokenize(t))).enumerate().collect();
         order.sort_by_key(|(_, ids)| std::cmp::Reverse(ids.len()));
         let batch = DocBatch { docs: order.iter().map(|(_, ids)| ids.clone()).collect() };
         let probs = classifier_probs(&mut model, &batch, &mut rng)?;
@@ -149,7 +157,8 @@ pub fn predict(a: PredictArgs) -> Result<()> {
         for (text, p) in chunk.iter().zip(back) {
             let best = p.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).map_or(0, |(i, _)| i);
             if a.json {
-                let probs: serde_json::Map<String, serde_json::Value> = classes.iter().zip(&p).map(|(c, v)| (c.clone(), serde_json::json!(v))).collect();
+                let probs: serde_json::Map<String, serde_json::Value> =
+                    classes.iter().zip(&p).map(|(c, v)| (c.clone(), serde_json::json!(v))).collect();
                 println!("{}", serde_json::json!({"text": text, "label": classes[best], "probs": probs}));
             } else {
                 println!("{}\t{:.3}\t{}", classes[best], p[best], text);

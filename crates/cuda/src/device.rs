@@ -96,10 +96,7 @@ pub fn compile_cached(file: &'static str, src: &str, arch: &str) -> Result<Ptx> 
 fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
     match payload.downcast::<String>() {
         Ok(s) => *s,
-        Err(p) => p
-            .downcast::<&str>()
-            .map(|s| s.to_string())
-            .unwrap_or_else(|_| "unknown panic".to_string()),
+        Err(p) => p.downcast::<&str>().map(|s| s.to_string()).unwrap_or_else(|_| "unknown panic".to_string()),
     }
 }
 
@@ -108,17 +105,12 @@ impl Gpu {
     /// Without a driver or GPU this is [`Error::NoDriver`], never a panic.
     pub fn new(tf32: bool) -> Result<Gpu> {
         probe_driver("libcuda.so.1")?;
-        std::panic::catch_unwind(|| Gpu::open(tf32)).unwrap_or_else(|p| {
-            Err(Error::NoDriver(format!(
-                "a CUDA library failed to load: {}",
-                panic_text(p)
-            )))
-        })
+        std::panic::catch_unwind(|| Gpu::open(tf32))
+            .unwrap_or_else(|p| Err(Error::NoDriver(format!("a CUDA library failed to load: {}", panic_text(p)))))
     }
 
     fn open(tf32: bool) -> Result<Gpu> {
-        let ctx = CudaContext::new(0)
-            .map_err(|e| Error::NoDriver(format!("libcuda loaded but no usable GPU: {e}")))?;
+        let ctx = CudaContext::new(0).map_err(|e| Error::NoDriver(format!("libcuda loaded but no usable GPU: {e}")))?;
         // SAFETY: this handle uses one stream only, so no cross-stream tracking is needed.
         unsafe { ctx.disable_event_tracking() };
         // A created stream, not the legacy default one: only those can be graph-captured.
@@ -130,12 +122,8 @@ impl Gpu {
             let (ptr, _sync) = workspace.device_ptr_mut(&stream);
             // SAFETY: ptr is a live allocation of CUBLAS_WORKSPACE_BYTES bytes owned by self.
             unsafe {
-                cublas_sys::cublasSetWorkspace_v2(
-                    *blas.handle(),
-                    ptr as *mut std::ffi::c_void,
-                    CUBLAS_WORKSPACE_BYTES,
-                )
-                .result()
+                cublas_sys::cublasSetWorkspace_v2(*blas.handle(), ptr as *mut std::ffi::c_void, CUBLAS_WORKSPACE_BYTES)
+                    .result()
             }
             .op("cublasSetWorkspace")?;
         }
@@ -145,30 +133,17 @@ impl Gpu {
             cublas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH
         };
         // SAFETY: the handle is valid for the life of `blas`.
-        unsafe { cublas_sys::cublasSetMathMode(*blas.handle(), mode).result() }
-            .op("cublasSetMathMode")?;
+        unsafe { cublas_sys::cublasSetMathMode(*blas.handle(), mode).result() }.op("cublasSetMathMode")?;
         let (major, minor) = ctx.compute_capability().op("compute capability")?;
         let arch = ptx_arch(major, minor);
         let ptx = compile_cached("kernels/lstm_cell.cu", LSTM_CELL_CU, &arch)?;
         let module = ctx.load_module(ptx).op("load kernels/lstm_cell.cu PTX")?;
         let lstm = LstmKernels {
-            cell_fwd: module
-                .load_function("lstm_cell_fwd")
-                .op("load lstm_cell_fwd")?,
-            cell_bwd: module
-                .load_function("lstm_cell_bwd")
-                .op("load lstm_cell_bwd")?,
+            cell_fwd: module.load_function("lstm_cell_fwd").op("load lstm_cell_fwd")?,
+            cell_bwd: module.load_function("lstm_cell_bwd").op("load lstm_cell_bwd")?,
         };
         let name = ctx.name().op("device name")?;
-        Ok(Gpu {
-            ctx,
-            stream,
-            blas,
-            _workspace: workspace,
-            lstm,
-            name,
-            tf32,
-        })
+        Ok(Gpu { ctx, stream, blas, _workspace: workspace, lstm, name, tf32 })
     }
 
     /// The device name, e.g. "NVIDIA H200".
@@ -199,9 +174,7 @@ impl Gpu {
     /// Allocates `n` zeroed f32 on the device; out of memory names `what` and the size.
     pub fn alloc_zeros(&self, n: usize, what: &str) -> Result<CudaSlice<f32>> {
         let bytes = n * std::mem::size_of::<f32>();
-        self.stream
-            .alloc_zeros::<f32>(n)
-            .map_err(|e| alloc_error(e, what, bytes))
+        self.stream.alloc_zeros::<f32>(n).map_err(|e| alloc_error(e, what, bytes))
     }
 
     /// Waits for all queued work and reports any error recorded asynchronously.
@@ -213,20 +186,12 @@ impl Gpu {
 
 fn alloc_error(e: cudarc::driver::DriverError, what: &str, bytes: usize) -> Error {
     if e.0 == cuda_sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
-        Error::OutOfMemory {
-            what: what.to_string(),
-            bytes,
-        }
+        Error::OutOfMemory { what: what.to_string(), bytes }
     } else {
-        Error::Driver {
-            op: format!("allocate {bytes} bytes for {what}"),
-            source: e,
-        }
+        Error::Driver { op: format!("allocate {bytes} bytes for {what}"), source: e }
     }
 }
 
 fn alloc_bytes(stream: &Arc<CudaStream>, bytes: usize, what: &str) -> Result<CudaSlice<u8>> {
-    stream
-        .alloc_zeros::<u8>(bytes)
-        .map_err(|e| alloc_error(e, what, bytes))
+    stream.alloc_zeros::<u8>(bytes).map_err(|e| alloc_error(e, what, bytes))
 }

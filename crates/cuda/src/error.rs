@@ -72,18 +72,12 @@ pub trait DriverContext<T> {
 
 impl<T> DriverContext<T> for std::result::Result<T, cudarc::driver::DriverError> {
     fn op(self, op: &str) -> Result<T> {
-        self.map_err(|source| Error::Driver {
-            op: op.to_string(),
-            source,
-        })
+        self.map_err(|source| Error::Driver { op: op.to_string(), source })
     }
 }
 
 impl<T> DriverContext<T> for std::result::Result<T, cudarc::cublas::result::CublasError> {
     fn op(self, op: &str) -> Result<T> {
-        self.map_err(|source| Error::Cublas {
-            op: op.to_string(),
-            source,
-        })
+        self.map_err(|source| Error::Cublas { op: op.to_string(), source })
     }
 }

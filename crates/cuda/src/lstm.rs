@@ -32,12 +32,7 @@ fn check_len(op: &'static str, what: &'static str, got: usize, want: usize) -> R
     if got == want {
         Ok(())
     } else {
-        Err(Error::Shape {
-            op,
-            what,
-            got,
-            want,
-        })
+        Err(Error::Shape { op, what, got, want })
     }
 }
 
@@ -55,14 +50,7 @@ impl<'g> LstmCuda<'g> {
         let (fwd, bwd) = (forward_plan(d), backward_plan(d));
         check_bounds(d, &fwd);
         check_bounds(d, &bwd);
-        let mut layer = LstmCuda {
-            gpu,
-            d,
-            bufs,
-            fwd,
-            bwd,
-            graphs: None,
-        };
+        let mut layer = LstmCuda { gpu, d, bufs, fwd, bwd, graphs: None };
         layer.upload(Buf::WIh, "w_ih", p.w_ih)?;
         layer.upload(Buf::WHh, "w_hh", p.w_hh)?;
         layer.upload(Buf::BIh, "b_ih", p.b_ih)?;
@@ -80,19 +68,13 @@ impl<'g> LstmCuda<'g> {
     fn upload(&mut self, buf: Buf, what: &'static str, data: &[f32]) -> Result<()> {
         check_len("LstmCuda upload", what, data.len(), buf.len(self.d))?;
         let stream = self.gpu.stream().clone();
-        stream
-            .memcpy_htod(data, &mut self.bufs[buf as usize])
-            .op(what)
+        stream.memcpy_htod(data, &mut self.bufs[buf as usize]).op(what)
     }
 
     /// Copies `len` elements of `buf` from `off` to the host (waits for the stream).
     fn download(&self, buf: Buf, off: usize, len: usize) -> Result<Vec<f32>> {
         let view = self.bufs[buf as usize].slice(off..off + len);
-        let host = self
-            .gpu
-            .stream()
-            .clone_dtoh(&view)
-            .op(&format!("download {buf:?}"))?;
+        let host = self.gpu.stream().clone_dtoh(&view).op(&format!("download {buf:?}"))?;
         self.gpu.sync(&format!("download {buf:?}"))?;
         Ok(host)
     }
@@ -105,12 +87,7 @@ impl<'g> LstmCuda<'g> {
     }
 
     /// Sets dL/dy [T, B, H] and the optional dL/dh_n, dL/dc_n [B, H] (zeros when None).
-    pub fn set_output_grad(
-        &mut self,
-        dy: &[f32],
-        dh_n: Option<&[f32]>,
-        dc_n: Option<&[f32]>,
-    ) -> Result<()> {
+    pub fn set_output_grad(&mut self, dy: &[f32], dh_n: Option<&[f32]>, dc_n: Option<&[f32]>) -> Result<()> {
         let zeros = vec![0.0; self.d.b * self.d.h];
         self.upload(Buf::Dy, "dy", dy)?;
         self.upload(Buf::DhN, "dh_n", dh_n.unwrap_or(&zeros))?;
@@ -146,12 +123,7 @@ impl<'g> LstmCuda<'g> {
     }
 
     /// Backward of the last forward given dL/dy and optional dL/dh_n, dL/dc_n.
-    pub fn backward(
-        &mut self,
-        dy: &[f32],
-        dh_n: Option<&[f32]>,
-        dc_n: Option<&[f32]>,
-    ) -> Result<LstmGrads> {
+    pub fn backward(&mut self, dy: &[f32], dh_n: Option<&[f32]>, dc_n: Option<&[f32]>) -> Result<LstmGrads> {
         self.set_output_grad(dy, dh_n, dc_n)?;
         self.run_backward()?;
         let len = |b: Buf| b.len(self.d);
@@ -185,13 +157,7 @@ impl<'g> LstmCuda<'g> {
     /// graph, so the bench can time the parts of a pass. The result of replaying it is
     /// meaningless; the work is the same as in the full pass.
     pub fn capture_kind(&self, kind: &str) -> Result<CudaGraph> {
-        let part: Vec<Step> = self
-            .fwd
-            .iter()
-            .chain(&self.bwd)
-            .filter(|s| s.kind() == kind)
-            .copied()
-            .collect();
+        let part: Vec<Step> = self.fwd.iter().chain(&self.bwd).filter(|s| s.kind() == kind).copied().collect();
         self.capture(&part)
     }
 
@@ -215,45 +181,26 @@ impl<'g> LstmCuda<'g> {
 pub(crate) fn capture(gpu: &Gpu, queue: impl FnOnce() -> Result<()>) -> Result<CudaGraph> {
     let stream = gpu.stream();
     gpu.sync("before graph capture")?;
-    stream
-        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
-        .op("begin graph capture")?;
+    stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED).op("begin graph capture")?;
     let queued = queue();
     let graph = stream.end_capture(CUgraphInstantiate_flags(0));
     queued?;
-    let graph = graph
-        .op("end graph capture")?
-        .ok_or_else(|| Error::Driver {
-            op: "end graph capture (empty graph)".to_string(),
-            source: cudarc::driver::DriverError(
-                cudarc::driver::sys::CUresult::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
-            ),
-        })?;
+    let graph = graph.op("end graph capture")?.ok_or_else(|| Error::Driver {
+        op: "end graph capture (empty graph)".to_string(),
+        source: cudarc::driver::DriverError(cudarc::driver::sys::CUresult::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED),
+    })?;
     graph.upload().op("upload graph")?;
     Ok(graph)
 }
 
 /// Queues one step of a layer plan; `ptr(buf, off)` is the device address of element
 /// `off` of `buf` (the caller checked the plan with `check_bounds`).
-pub(crate) fn enqueue_step(
-    gpu: &Gpu,
-    d: LstmDims,
-    step: &Step,
-    ptr: &dyn Fn(Buf, usize) -> u64,
-) -> Result<()> {
+pub(crate) fn enqueue_step(gpu: &Gpu, d: LstmDims, step: &Step, ptr: &dyn Fn(Buf, usize) -> u64) -> Result<()> {
     match *step {
         Step::Gemm(g) => sgemm(gpu, &g, ptr),
         // (xw, hw, b_ih, b_hh, hs, cs, act, t, B, H)
         Step::CellFwd { t } => {
-            let args = [
-                Buf::Xw,
-                Buf::Hw,
-                Buf::BIh,
-                Buf::BHh,
-                Buf::Hs,
-                Buf::Cs,
-                Buf::Act,
-            ];
+            let args = [Buf::Xw, Buf::Hw, Buf::BIh, Buf::BHh, Buf::Hs, Buf::Cs, Buf::Act];
             let ptrs = args.map(|b| ptr(b, 0));
             launch_cell(gpu, &gpu.lstm.cell_fwd, "lstm_cell_fwd", &ptrs, t, d)
         }
@@ -263,18 +210,16 @@ pub(crate) fn enqueue_step(
             let ptrs = args.map(|b| ptr(b, 0));
             launch_cell(gpu, &gpu.lstm.cell_bwd, "lstm_cell_bwd", &ptrs, t, d)
         }
-        Step::Copy { src, dst, off, len } => copy_dtod(gpu, ptr(dst, off), ptr(src, 0), len)
-            .map_err(|e| with_op(e, &format!("copy {src:?} -> {dst:?}"))),
+        Step::Copy { src, dst, off, len } => {
+            copy_dtod(gpu, ptr(dst, off), ptr(src, 0), len).map_err(|e| with_op(e, &format!("copy {src:?} -> {dst:?}")))
+        }
     }
 }
 
 /// Renames the operation of a driver error.
 fn with_op(e: Error, op: &str) -> Error {
     match e {
-        Error::Driver { source, .. } => Error::Driver {
-            op: op.to_string(),
-            source,
-        },
+        Error::Driver { source, .. } => Error::Driver { op: op.to_string(), source },
         other => other,
     }
 }
@@ -283,23 +228,14 @@ fn with_op(e: Error, op: &str) -> Error {
 pub(crate) fn copy_dtod(gpu: &Gpu, dst: u64, src: u64, len: usize) -> Result<()> {
     // SAFETY: the callers pass addresses of live allocations holding `len` f32 each.
     unsafe {
-        cudarc::driver::result::memcpy_dtod_async(
-            dst,
-            src,
-            len * std::mem::size_of::<f32>(),
-            gpu.stream().cu_stream(),
-        )
+        cudarc::driver::result::memcpy_dtod_async(dst, src, len * std::mem::size_of::<f32>(), gpu.stream().cu_stream())
     }
     .op("copy dtod")
 }
 
 /// Queues one cuBLAS SGEMM; see `Gemm::col_major` for the row-major to column-major
 /// mapping. `ptr` resolves (buffer, element offset) to a device address.
-pub(crate) fn sgemm<B: Copy + std::fmt::Debug>(
-    gpu: &Gpu,
-    g: &Gemm<B>,
-    ptr: &dyn Fn(B, usize) -> u64,
-) -> Result<()> {
+pub(crate) fn sgemm<B: Copy + std::fmt::Debug>(gpu: &Gpu, g: &Gemm<B>, ptr: &dyn Fn(B, usize) -> u64) -> Result<()> {
     let cm = g.col_major();
     let op = |t: bool| {
         if t {
@@ -329,27 +265,14 @@ pub(crate) fn sgemm<B: Copy + std::fmt::Debug>(
             cm.ldc as i32,
         )
     }
-    .op(&format!(
-        "sgemm {:?} = {:?} . {:?}",
-        g.c.buf, g.a.buf, g.b.buf
-    ))
+    .op(&format!("sgemm {:?} = {:?} . {:?}", g.c.buf, g.a.buf, g.b.buf))
 }
 
 /// Launches a cell kernel over B*H threads: pointer arguments `ptrs`, then int t, B, H.
-fn launch_cell(
-    gpu: &Gpu,
-    func: &CudaFunction,
-    name: &str,
-    ptrs: &[u64],
-    t: usize,
-    d: LstmDims,
-) -> Result<()> {
+fn launch_cell(gpu: &Gpu, func: &CudaFunction, name: &str, ptrs: &[u64], t: usize, d: LstmDims) -> Result<()> {
     let n = (d.b * d.h) as u32;
-    let cfg = LaunchConfig {
-        grid_dim: (n.div_ceil(CELL_BLOCK), 1, 1),
-        block_dim: (CELL_BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg =
+        LaunchConfig { grid_dim: (n.div_ceil(CELL_BLOCK), 1, 1), block_dim: (CELL_BLOCK, 1, 1), shared_mem_bytes: 0 };
     let (t, b, h) = (t as i32, d.b as i32, d.h as i32);
     let mut lb = gpu.stream().launch_builder(func);
     for p in ptrs {

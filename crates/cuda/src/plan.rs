@@ -182,13 +182,7 @@ impl Step {
 
 /// The untransposed operand `rows x cols` of `buf` from element `off`.
 pub fn mat<B>(buf: B, off: usize, rows: usize, cols: usize) -> Mat<B> {
-    Mat {
-        buf,
-        off,
-        rows,
-        cols,
-        trans: false,
-    }
+    Mat { buf, off, rows, cols, trans: false }
 }
 
 /// The same operand, used transposed.
@@ -207,10 +201,7 @@ impl<B: Copy + std::fmt::Debug> Gemm<B> {
             }
         };
         let ((m, k), (k2, n), (cm, cn)) = (dims(&self.a), dims(&self.b), dims(&self.c));
-        assert!(
-            k == k2 && cm == m && cn == n && !self.c.trans,
-            "gemm shapes disagree: {self:?}"
-        );
+        assert!(k == k2 && cm == m && cn == n && !self.c.trans, "gemm shapes disagree: {self:?}");
         (m, n, k)
     }
 }
@@ -220,18 +211,8 @@ pub fn forward_plan(d: LstmDims) -> Vec<Step> {
     let (tn, b, i, h) = (d.t, d.b, d.i, d.h);
     let g = 4 * h;
     let mut plan = vec![
-        Step::Copy {
-            src: Buf::H0,
-            dst: Buf::Hs,
-            off: 0,
-            len: b * h,
-        },
-        Step::Copy {
-            src: Buf::C0,
-            dst: Buf::Cs,
-            off: 0,
-            len: b * h,
-        },
+        Step::Copy { src: Buf::H0, dst: Buf::Hs, off: 0, len: b * h },
+        Step::Copy { src: Buf::C0, dst: Buf::Cs, off: 0, len: b * h },
         // Xw [TB, G] = X [TB, I] . W_ih^T
         Step::Gemm(Gemm {
             a: mat(Buf::X, 0, tn * b, i),
@@ -257,18 +238,8 @@ pub fn backward_plan(d: LstmDims) -> Vec<Step> {
     let (tn, b, i, h) = (d.t, d.b, d.i, d.h);
     let (g, rows) = (4 * h, d.t * d.b);
     let mut plan = vec![
-        Step::Copy {
-            src: Buf::DhN,
-            dst: Buf::Dh,
-            off: 0,
-            len: b * h,
-        },
-        Step::Copy {
-            src: Buf::DcN,
-            dst: Buf::Dc,
-            off: 0,
-            len: b * h,
-        },
+        Step::Copy { src: Buf::DhN, dst: Buf::Dh, off: 0, len: b * h },
+        Step::Copy { src: Buf::DcN, dst: Buf::Dc, off: 0, len: b * h },
     ];
     for step in (0..tn).rev() {
         plan.push(Step::CellBwd { t: step });
@@ -293,17 +264,9 @@ pub fn backward_plan(d: LstmDims) -> Vec<Step> {
             c: mat(Buf::DwIh, 0, g, i),
         }),
         // db [1, G] = ones [1, TB] . dgates [TB, G]
-        Step::Gemm(Gemm {
-            a: mat(Buf::Ones, 0, 1, rows),
-            b: mat(Buf::Dgates, 0, rows, g),
-            c: mat(Buf::Db, 0, 1, g),
-        }),
+        Step::Gemm(Gemm { a: mat(Buf::Ones, 0, 1, rows), b: mat(Buf::Dgates, 0, rows, g), c: mat(Buf::Db, 0, 1, g) }),
         // dx [TB, I] = dgates [TB, G] . W_ih [G, I]
-        Step::Gemm(Gemm {
-            a: mat(Buf::Dgates, 0, rows, g),
-            b: mat(Buf::WIh, 0, g, i),
-            c: mat(Buf::Dx, 0, rows, i),
-        }),
+        Step::Gemm(Gemm { a: mat(Buf::Dgates, 0, rows, g), b: mat(Buf::WIh, 0, g, i), c: mat(Buf::Dx, 0, rows, i) }),
     ]);
     plan
 }
@@ -325,10 +288,9 @@ pub fn check_bounds(d: LstmDims, plan: &[Step]) {
                 [gm.a, gm.b, gm.c].iter().for_each(fits);
             }
             Step::CellFwd { t } | Step::CellBwd { t } => assert!(*t < d.t, "step {t} of {d:?}"),
-            Step::Copy { src, dst, off, len } => assert!(
-                *len <= src.len(d) && off + len <= dst.len(d),
-                "lstm plan {d:?}: copy {s:?} overruns"
-            ),
+            Step::Copy { src, dst, off, len } => {
+                assert!(*len <= src.len(d) && off + len <= dst.len(d), "lstm plan {d:?}: copy {s:?} overruns")
+            }
         }
     }
 }

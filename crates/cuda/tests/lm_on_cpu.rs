@@ -22,16 +22,9 @@ fn lm_kernels_compile_with_nvrtc() {
     let ptx = compile_cached(LM_CU_NAME, LM_CU, "compute_90").unwrap_or_else(|e| panic!("{e}"));
     let text = ptx.to_src();
     for name in NAMES {
-        assert!(
-            text.contains(&format!(".entry {name}(")),
-            "PTX lacks kernel {name}"
-        );
+        assert!(text.contains(&format!(".entry {name}(")), "PTX lacks kernel {name}");
     }
-    println!(
-        "{LM_CU_NAME} -> {} bytes of PTX, {} kernels",
-        text.len(),
-        NAMES.len()
-    );
+    println!("{LM_CU_NAME} -> {} bytes of PTX, {} kernels", text.len(), NAMES.len());
 }
 
 #[test]
@@ -42,22 +35,10 @@ fn masks_keep_the_right_fraction_and_repeat() {
         let kept = s.iter().filter(|&&x| x != 0.0).count() as f64 / n as f64;
         // binomial sd = sqrt(p(1-p)/n) <= 1.2e-3; allow 5 sd
         assert!((kept - (1.0 - p as f64)).abs() < 6e-3, "p {p}: kept {kept}");
-        assert!(
-            s.iter().all(|&x| x == 0.0 || x == 1.0 / (1.0 - p)),
-            "p {p}: scale values"
-        );
-        assert_eq!(
-            s,
-            scales(7, 3, Mask::Weight(1), n, p),
-            "same counters, same mask"
-        );
+        assert!(s.iter().all(|&x| x == 0.0 || x == 1.0 / (1.0 - p)), "p {p}: scale values");
+        assert_eq!(s, scales(7, 3, Mask::Weight(1), n, p), "same counters, same mask");
     }
-    assert!(
-        scales(1, 1, Mask::Input, 1000, 0.0)
-            .iter()
-            .all(|&x| x == 1.0),
-        "p = 0 keeps all"
-    );
+    assert!(scales(1, 1, Mask::Input, 1000, 0.0).iter().all(|&x| x == 1.0), "p = 0 keeps all");
     // Every counter changes the mask.
     let base = scales(7, 3, Mask::Hidden(0), 4096, 0.5);
     for other in [
@@ -67,28 +48,14 @@ fn masks_keep_the_right_fraction_and_repeat() {
         scales(7, 3, Mask::Output, 4096, 0.5),
     ] {
         let same = base.iter().zip(&other).filter(|(a, b)| a == b).count();
-        assert!(
-            same < 2300,
-            "masks from different counters agree on {same} of 4096"
-        );
+        assert!(same < 2300, "masks from different counters agree on {same} of 4096");
     }
     let u: Vec<f32> = (0..1000).map(|k| unit(mask_key(0, 1, 2), k)).collect();
     assert!(u.iter().all(|&x| (0.0..1.0).contains(&x)));
 }
 
 fn small_cfg(drop: Dropouts) -> LmConfig {
-    LmConfig {
-        vocab: 50,
-        emb: 8,
-        hidden: 12,
-        layers: 3,
-        t: 5,
-        b: 3,
-        drop,
-        alpha: 2.0,
-        beta: 1.0,
-        seed: 11,
-    }
+    LmConfig { vocab: 50, emb: 8, hidden: 12, layers: 3, t: 5, b: 3, drop, alpha: 2.0, beta: 1.0, seed: 11 }
 }
 
 fn batch(cfg: &LmConfig, salt: u32) -> (Vec<u32>, Vec<u32>) {
@@ -100,13 +67,7 @@ fn batch(cfg: &LmConfig, salt: u32) -> (Vec<u32>, Vec<u32>) {
 #[test]
 fn reference_gradients_match_finite_differences() {
     // Dropout on (masks depend only on the counters, so the loss is a fixed function).
-    let cfg = small_cfg(Dropouts {
-        embed: 0.1,
-        input: 0.2,
-        weight: 0.2,
-        hidden: 0.2,
-        output: 0.2,
-    });
+    let cfg = small_cfg(Dropouts { embed: 0.1, input: 0.2, weight: 0.2, hidden: 0.2, output: 0.2 });
     let w = LmWeights::init(&cfg, 5);
     let (ids, targets) = batch(&cfg, 1);
     let state = zero_state(&cfg);
@@ -151,16 +112,9 @@ fn reference_gradients_match_finite_differences() {
 fn config_errors_name_the_problem() {
     let mut cfg = small_cfg(Dropouts::off());
     cfg.drop.weight = 1.0;
-    let e = cfg
-        .validate()
-        .expect_err("p = 1 must be refused")
-        .to_string();
+    let e = cfg.validate().expect_err("p = 1 must be refused").to_string();
     assert!(e.contains("weight") && e.contains("[0, 1)"), "{e}");
     cfg = small_cfg(Dropouts::off());
     cfg.t = 0;
-    assert!(cfg
-        .validate()
-        .expect_err("T = 0")
-        .to_string()
-        .contains("positive"));
+    assert!(cfg.validate().expect_err("T = 0").to_string().contains("positive"));
 }

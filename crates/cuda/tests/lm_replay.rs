@@ -79,14 +79,7 @@ impl Host {
                 (b, v)
             })
             .collect();
-        Host {
-            cfg: cfg.clone(),
-            layout,
-            bufs,
-            ids: vec![],
-            targets: vec![],
-            step: 0,
-        }
+        Host { cfg: cfg.clone(), layout, bufs, ids: vec![], targets: vec![], step: 0 }
     }
 
     fn buf(&mut self, b: LmBuf) -> &mut Vec<f32> {
@@ -166,28 +159,16 @@ fn cell_fwd(h: &mut Host, l: usize, t: usize) {
         let a = h.layer(l, b);
         h.read(a, len)
     };
-    let (xw, hw) = (
-        g4(h, Buf::Xw, d.t * bn * 4 * hn),
-        g4(h, Buf::Hw, bn * 4 * hn),
-    );
+    let (xw, hw) = (g4(h, Buf::Xw, d.t * bn * 4 * hn), g4(h, Buf::Hw, bn * 4 * hn));
     let (bi, bh) = (g4(h, Buf::BIh, 4 * hn), g4(h, Buf::BHh, 4 * hn));
     let (mut hs, mut cs) = (g4(h, Buf::Hs, (d.t + 1) * n), g4(h, Buf::Cs, (d.t + 1) * n));
     let mut act = g4(h, Buf::Act, d.t * bn * 4 * hn);
     for idx in 0..n {
         let (b, j) = (idx / hn, idx % hn);
         let row = t * bn + b;
-        let pre = |k: usize| {
-            xw[row * 4 * hn + k * hn + j]
-                + hw[b * 4 * hn + k * hn + j]
-                + bi[k * hn + j]
-                + bh[k * hn + j]
-        };
-        let (i, f, g, o) = (
-            sigmoid(pre(0)),
-            sigmoid(pre(1)),
-            pre(2).tanh(),
-            sigmoid(pre(3)),
-        );
+        let pre =
+            |k: usize| xw[row * 4 * hn + k * hn + j] + hw[b * 4 * hn + k * hn + j] + bi[k * hn + j] + bh[k * hn + j];
+        let (i, f, g, o) = (sigmoid(pre(0)), sigmoid(pre(1)), pre(2).tanh(), sigmoid(pre(3)));
         let c = f * cs[t * n + idx] + i * g;
         cs[(t + 1) * n + idx] = c;
         hs[(t + 1) * n + idx] = o * c.tanh();
@@ -209,10 +190,7 @@ fn cell_bwd(h: &mut Host, l: usize, t: usize) {
         let a = h.layer(l, b);
         h.read(a, len)
     };
-    let (act, cs) = (
-        g4(h, Buf::Act, d.t * bn * 4 * hn),
-        g4(h, Buf::Cs, (d.t + 1) * n),
-    );
+    let (act, cs) = (g4(h, Buf::Act, d.t * bn * 4 * hn), g4(h, Buf::Cs, (d.t + 1) * n));
     let (dy, dh) = (g4(h, Buf::Dy, d.t * n), g4(h, Buf::Dh, n));
     let (mut dc, mut dg) = (g4(h, Buf::Dc, n), g4(h, Buf::Dgates, d.t * bn * 4 * hn));
     for idx in 0..n {
@@ -260,21 +238,10 @@ fn run(h: &mut Host, op: &Op) {
             let x0 = h.layer(0, Buf::X);
             h.write(x0, &x);
         }
-        Op::Dropout {
-            out,
-            inp,
-            n,
-            period,
-            p,
-            mask,
-        } => {
+        Op::Dropout { out, inp, n, period, p, mask } => {
             let k = key(h, mask);
-            let v: Vec<f32> = h
-                .read(inp, n)
-                .iter()
-                .enumerate()
-                .map(|(i, x)| x * keep_scale(k, (i % period) as u64, p))
-                .collect();
+            let v: Vec<f32> =
+                h.read(inp, n).iter().enumerate().map(|(i, x)| x * keep_scale(k, (i % period) as u64, p)).collect();
             h.write(out, &v);
         }
         Op::Layer { l, step } => match step {
@@ -336,9 +303,7 @@ fn run(h: &mut Host, op: &Op) {
         Op::BiasGrad => {
             let vp = c.vocab_padded();
             let dz = h.read(at(LmBuf::Logits, 0), n * vp);
-            let dbias: Vec<f32> = (0..vp)
-                .map(|v| (0..n).map(|r| dz[r * vp + v]).sum())
-                .collect();
+            let dbias: Vec<f32> = (0..vp).map(|v| (0..n).map(|r| dz[r * vp + v]).sum()).collect();
             h.write(at(LmBuf::Grads, h.layout.dec_bias), &dbias);
         }
         Op::LossSum => {
@@ -347,11 +312,7 @@ fn run(h: &mut Host, op: &Op) {
             let tar_div = ((c.t - 1) * bn * e) as f32;
             let ce = ce / n as f32;
             let ar = c.alpha * ar / (n * e) as f32;
-            let tar = if tar_div > 0.0 {
-                c.beta * tar / tar_div
-            } else {
-                0.0
-            };
+            let tar = if tar_div > 0.0 { c.beta * tar / tar_div } else { 0.0 };
             h.write(at(LmBuf::Loss, 0), &[ce + ar + tar, ce, ar, tar]);
         }
         Op::RegBwd => {
@@ -360,11 +321,7 @@ fn run(h: &mut Host, op: &Op) {
             let dd = h.read(at(LmBuf::DDropped, 0), n * e);
             let dropped = h.read(at(LmBuf::Dropped, 0), n * e);
             let (be, ar_div, tar_div) = (bn * e, (n * e) as f32, ((c.t - 1) * bn * e) as f32);
-            let c_tar = if tar_div > 0.0 {
-                2.0 * c.beta / tar_div
-            } else {
-                0.0
-            };
+            let c_tar = if tar_div > 0.0 { 2.0 * c.beta / tar_div } else { 0.0 };
             let dy: Vec<f32> = (0..n * e)
                 .map(|k2| {
                     let t = k2 / be;
@@ -417,18 +374,10 @@ fn run(h: &mut Host, op: &Op) {
             h.write(at(LmBuf::Partial, 0), &partial);
         }
         Op::ClipScale => {
-            let norm = h
-                .read(at(LmBuf::Partial, 0), NORM_BLOCKS)
-                .iter()
-                .sum::<f32>()
-                .sqrt();
+            let norm = h.read(at(LmBuf::Partial, 0), NORM_BLOCKS).iter().sum::<f32>().sqrt();
             let max_norm = h.read(at(LmBuf::Hyper, 5), 1)[0];
             let coef = max_norm / (norm + 1e-6);
-            let f = if max_norm > 0.0 && coef < 1.0 {
-                coef
-            } else {
-                1.0
-            };
+            let f = if max_norm > 0.0 && coef < 1.0 { coef } else { 1.0 };
             h.write(at(LmBuf::Clip, 0), &[norm, f]);
         }
         Op::Adam => {
@@ -439,11 +388,8 @@ fn run(h: &mut Host, op: &Op) {
             let (c1, c2) = (1.0 - b1.powf(t), 1.0 - b2.powf(t));
             let scale = h.read(at(LmBuf::Clip, 1), 1)[0];
             let g = h.read(at(LmBuf::Grads, 0), p);
-            let (mut w, mut m, mut v) = (
-                h.read(at(LmBuf::Params, 0), p),
-                h.read(at(LmBuf::AdamM, 0), p),
-                h.read(at(LmBuf::AdamV, 0), p),
-            );
+            let (mut w, mut m, mut v) =
+                (h.read(at(LmBuf::Params, 0), p), h.read(at(LmBuf::AdamM, 0), p), h.read(at(LmBuf::AdamV, 0), p));
             for i in 0..p {
                 let gi = g[i] * scale;
                 m[i] = b1 * m[i] + (1.0 - b1) * gi;
@@ -467,20 +413,11 @@ fn batch(cfg: &LmConfig, salt: u32) -> (Vec<u32>, Vec<u32>) {
 fn replay(cfg: &LmConfig) {
     println!("replay {cfg:?}");
     let layout = Layout::new(cfg);
-    let (fwd, bwd, upd) = (
-        forward_ops(cfg, &layout),
-        backward_ops(cfg, &layout),
-        update_ops(),
-    );
+    let (fwd, bwd, upd) = (forward_ops(cfg, &layout), backward_ops(cfg, &layout), update_ops());
     for ops in [&fwd, &bwd, &upd] {
         check_ops(cfg, &layout, ops);
     }
-    let hy = Hyper {
-        lr: 1e-2,
-        weight_decay: 0.1,
-        clip: 0.05,
-        ..Hyper::default()
-    };
+    let hy = Hyper { lr: 1e-2, weight_decay: 0.1, clip: 0.05, ..Hyper::default() };
     let mut w = LmWeights::init(cfg, 5);
     let mut host = Host::new(cfg, &w, &hy);
     let (mut state, mut flat) = (zero_state(cfg), w.flatten());
@@ -491,26 +428,11 @@ fn replay(cfg: &LmConfig) {
         fwd.iter().chain(&bwd).for_each(|op| run(&mut host, op));
         w.unflatten(&flat);
         let want = forward_backward(cfg, &w, &state, &ids, &targets, step);
-        let loss = host.read(
-            At {
-                buf: LmBuf::Loss,
-                off: 0,
-            },
-            4,
-        );
+        let loss = host.read(At { buf: LmBuf::Loss, off: 0 }, 4);
         assert_close("loss", &loss, &want.loss, 1e-4, 1e-5);
         let mut got = LmWeights::zeros(cfg);
-        let grads = host.read(
-            At {
-                buf: LmBuf::Grads,
-                off: 0,
-            },
-            layout.total,
-        );
-        assert!(
-            grads.iter().all(|g| g.is_finite()),
-            "a gradient slot or gap was never written"
-        );
+        let grads = host.read(At { buf: LmBuf::Grads, off: 0 }, layout.total);
+        assert!(grads.iter().all(|g| g.is_finite()), "a gradient slot or gap was never written");
         layout.from_flat(&grads, &mut got);
         for ((name, g), (_, r)) in got.named().into_iter().zip(want.grads.named()) {
             assert_close(&name, g, r, 1e-4, 1e-5);
@@ -522,29 +444,14 @@ fn replay(cfg: &LmConfig) {
         upd.iter().for_each(|op| run(&mut host, op));
         let g = got.flatten();
         let (norm, factor) = clip_factor(&g, hy.clip);
-        let clip = host.read(
-            At {
-                buf: LmBuf::Clip,
-                off: 0,
-            },
-            2,
-        );
+        let clip = host.read(At { buf: LmBuf::Clip, off: 0 }, 2);
         assert_close("clip", &clip, &[norm, factor], 1e-5, 0.0);
         adam(&mut flat, &mut m, &mut v, &g, &hy, step, factor);
         let mut params = LmWeights::zeros(cfg);
-        let device = host.read(
-            At {
-                buf: LmBuf::Params,
-                off: 0,
-            },
-            layout.total,
-        );
+        let device = host.read(At { buf: LmBuf::Params, off: 0 }, layout.total);
         layout.from_flat(&device, &mut params);
         assert_close("params after adam", &params.flatten(), &flat, 1e-5, 1e-6);
-        assert!(
-            layout.to_flat(&params) == device,
-            "the padding of the parameters is no longer 0"
-        );
+        assert!(layout.to_flat(&params) == device, "the padding of the parameters is no longer 0");
         state = want.state;
     }
 }
@@ -564,49 +471,24 @@ fn lm_ops_replayed_on_cpu_match_reference() {
         seed: 11,
     };
     replay(&base);
-    let drop = Dropouts {
-        embed: 0.1,
-        input: 0.2,
-        weight: 0.2,
-        hidden: 0.2,
-        output: 0.2,
-    };
-    replay(&LmConfig {
-        drop,
-        ..base.clone()
-    });
+    let drop = Dropouts { embed: 0.1, input: 0.2, weight: 0.2, hidden: 0.2, output: 0.2 };
+    replay(&LmConfig { drop, ..base.clone() });
     // Two layers of width E, one time step: the loops' edges.
-    replay(&LmConfig {
-        layers: 2,
-        hidden: 8,
-        t: 1,
-        drop,
-        ..base
-    });
+    replay(&LmConfig { layers: 2, hidden: 8, t: 1, drop, ..base });
 }
 
 #[test]
 fn phases_cover_every_op_once_in_order() {
-    let cfg = LmConfig {
-        drop: Dropouts::awd_lstm(),
-        ..LmConfig::awd_lstm(50, 4, 2)
-    };
+    let cfg = LmConfig { drop: Dropouts::awd_lstm(), ..LmConfig::awd_lstm(50, 4, 2) };
     let layout = Layout::new(&cfg);
-    let lists = [
-        forward_ops(&cfg, &layout),
-        backward_ops(&cfg, &layout),
-        update_ops(),
-    ];
+    let lists = [forward_ops(&cfg, &layout), backward_ops(&cfg, &layout), update_ops()];
     let parts = phases(&lists);
     let joined: Vec<Op> = parts.iter().flat_map(|(_, ops)| ops.clone()).collect();
     assert!(joined == lists.concat(), "phases lost or reordered ops");
     let names: Vec<&str> = parts.iter().map(|(n, _)| n.as_str()).collect();
     println!("phases: {names:?}");
     for (k, name) in names.iter().enumerate() {
-        assert!(
-            !names[..k].contains(name),
-            "phase {name} is cut in two: {names:?}"
-        );
+        assert!(!names[..k].contains(name), "phase {name} is cut in two: {names:?}");
     }
     for l in 0..cfg.layers {
         for dir in ["fwd", "bwd"] {

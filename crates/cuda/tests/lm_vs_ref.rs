@@ -14,28 +14,11 @@ use ulmfit_cuda::Gpu;
 
 /// V=50, E=8, H=12, 3 layers, T=5, B=3.
 fn small_cfg(drop: Dropouts) -> LmConfig {
-    LmConfig {
-        vocab: 50,
-        emb: 8,
-        hidden: 12,
-        layers: 3,
-        t: 5,
-        b: 3,
-        drop,
-        alpha: 2.0,
-        beta: 1.0,
-        seed: 11,
-    }
+    LmConfig { vocab: 50, emb: 8, hidden: 12, layers: 3, t: 5, b: 3, drop, alpha: 2.0, beta: 1.0, seed: 11 }
 }
 
 fn strong_dropouts() -> Dropouts {
-    Dropouts {
-        embed: 0.1,
-        input: 0.2,
-        weight: 0.2,
-        hidden: 0.2,
-        output: 0.2,
-    }
+    Dropouts { embed: 0.1, input: 0.2, weight: 0.2, hidden: 0.2, output: 0.2 }
 }
 
 /// Deterministic ids and targets [T, B] in the vocabulary (some words repeat).
@@ -69,13 +52,7 @@ fn check_two_steps(gpu: &Gpu, cfg: &LmConfig, graphs: bool, rtol: f32, atol_rel:
         let loss = model.loss().expect("loss");
         println!("  step {step}: loss {loss:?} reference {:?}", want.loss);
         assert_close("loss", &loss, &want.loss, rtol, atol_rel);
-        compare_weights(
-            "grad",
-            &model.grads().expect("grads"),
-            &want.grads,
-            rtol,
-            atol_rel,
-        );
+        compare_weights("grad", &model.grads().expect("grads"), &want.grads, rtol, atol_rel);
         let got_state = model.state().expect("state");
         for (l, ((gh, gc), (wh, wc))) in got_state.iter().zip(&want.state).enumerate() {
             assert_close(&format!("h_n{l}"), gh, wh, rtol, atol_rel);
@@ -95,12 +72,7 @@ fn lm_step_matches_reference() {
     check_two_steps(&gpu, &small_cfg(Dropouts::off()), false, 1e-4, 1e-5);
     check_two_steps(&gpu, &small_cfg(strong_dropouts()), false, 1e-4, 1e-5);
     // Two layers, E = H, one step of T: the edges of the loops.
-    let edge = LmConfig {
-        layers: 2,
-        hidden: 8,
-        t: 1,
-        ..small_cfg(strong_dropouts())
-    };
+    let edge = LmConfig { layers: 2, hidden: 8, t: 1, ..small_cfg(strong_dropouts()) };
     check_two_steps(&gpu, &edge, false, 1e-4, 1e-5);
 }
 
@@ -129,12 +101,7 @@ fn clip_and_adam_match_cpu_formulas() {
         return;
     };
     let cfg = small_cfg(strong_dropouts());
-    let h = Hyper {
-        lr: 1e-2,
-        weight_decay: 0.1,
-        clip: 0.05,
-        ..Hyper::default()
-    };
+    let h = Hyper { lr: 1e-2, weight_decay: 0.1, clip: 0.05, ..Hyper::default() };
     let mut model = LmCuda::new(&gpu, cfg.clone(), &LmWeights::init(&cfg, 9), h).expect("build LM");
     let p = LmWeights::init(&cfg, 9).len();
     let (mut m, mut v) = (vec![0.0f32; p], vec![0.0f32; p]);
@@ -148,13 +115,7 @@ fn clip_and_adam_match_cpu_formulas() {
         let (norm, factor) = model.clip().expect("clip");
         let (want_norm, want_factor) = clip_factor(&grads, h.clip);
         println!("step {step}: norm {norm} (cpu {want_norm}), factor {factor} (cpu {want_factor})");
-        assert_close(
-            "norm",
-            &[norm, factor],
-            &[want_norm, want_factor],
-            1e-5,
-            0.0,
-        );
+        assert_close("norm", &[norm, factor], &[want_norm, want_factor], 1e-5, 0.0);
         assert!(factor < 1.0, "clip 0.05 should be active (norm {norm})");
         let mut want = before.clone();
         adam(&mut want, &mut m, &mut v, &grads, &h, step, want_factor);
@@ -162,12 +123,7 @@ fn clip_and_adam_match_cpu_formulas() {
         let (gm, gv) = model.moments().expect("moments");
         assert_close("adam m", &gm, &m, 1e-4, 1e-5);
         assert_close("adam v", &gv, &v, 1e-4, 1e-5);
-        let delta = |w: &[f32]| {
-            w.iter()
-                .zip(&before)
-                .map(|(a, b)| a - b)
-                .collect::<Vec<f32>>()
-        };
+        let delta = |w: &[f32]| w.iter().zip(&before).map(|(a, b)| a - b).collect::<Vec<f32>>();
         assert_close("adam dw", &delta(&after), &delta(&want), 1e-3, 1e-4);
     }
 }
@@ -178,22 +134,9 @@ fn dropout_steps_repeat_bit_for_bit() {
     let Some(gpu) = gpu_or_skip("dropout_steps_repeat_bit_for_bit", false) else {
         return;
     };
-    let cfg = LmConfig {
-        vocab: 300,
-        emb: 16,
-        hidden: 24,
-        t: 7,
-        b: 4,
-        ..small_cfg(Dropouts::awd_lstm())
-    };
+    let cfg = LmConfig { vocab: 300, emb: 16, hidden: 24, t: 7, b: 4, ..small_cfg(Dropouts::awd_lstm()) };
     let run = |graphs: bool| -> (Vec<[f32; 4]>, Vec<f32>) {
-        let mut model = LmCuda::new(
-            &gpu,
-            cfg.clone(),
-            &LmWeights::init(&cfg, 1),
-            Hyper::default(),
-        )
-        .expect("build LM");
+        let mut model = LmCuda::new(&gpu, cfg.clone(), &LmWeights::init(&cfg, 1), Hyper::default()).expect("build LM");
         if graphs {
             model.capture_graphs().expect("capture graphs");
         }
@@ -207,42 +150,18 @@ fn dropout_steps_repeat_bit_for_bit() {
     };
     let (a, b) = (run(false), run(false));
     println!("losses {:?}", a.0);
-    assert!(
-        a.0 == b.0,
-        "losses differ between identical runs: {:?} vs {:?}",
-        a.0,
-        b.0
-    );
+    assert!(a.0 == b.0, "losses differ between identical runs: {:?} vs {:?}", a.0, b.0);
     assert!(a.1 == b.1, "weights differ between identical runs");
     let (g1, g2) = (run(true), run(true));
-    assert!(
-        g1.0 == g2.0 && g1.1 == g2.1,
-        "graph replays differ between identical runs"
-    );
+    assert!(g1.0 == g2.0 && g1.1 == g2.1, "graph replays differ between identical runs");
     let flat = |r: &[[f32; 4]]| r.iter().flatten().copied().collect::<Vec<f32>>();
-    assert_close(
-        "graph vs stream losses",
-        &flat(&g1.0),
-        &flat(&a.0),
-        1e-5,
-        1e-6,
-    );
+    assert_close("graph vs stream losses", &flat(&g1.0), &flat(&a.0), 1e-5, 1e-6);
     // A different seed draws different masks.
-    let mut other = LmCuda::new(
-        &gpu,
-        LmConfig {
-            seed: 12,
-            ..cfg.clone()
-        },
-        &LmWeights::init(&cfg, 1),
-        Hyper::default(),
-    )
-    .expect("build LM");
+    let mut other =
+        LmCuda::new(&gpu, LmConfig { seed: 12, ..cfg.clone() }, &LmWeights::init(&cfg, 1), Hyper::default())
+            .expect("build LM");
     let (i, t) = batch(&cfg, 1);
-    assert!(
-        other.step(&i, &t).expect("step") != a.0[0],
-        "seed 12 gave the same loss as seed 11"
-    );
+    assert!(other.step(&i, &t).expect("step") != a.0[0], "seed 12 gave the same loss as seed 11");
 }
 
 #[test]
@@ -252,11 +171,7 @@ fn loss_decreases_along_the_cpu_trajectory() {
         return;
     };
     let cfg = small_cfg(Dropouts::awd_lstm());
-    let h = Hyper {
-        lr: 3e-2,
-        clip: 0.5,
-        ..Hyper::default()
-    };
+    let h = Hyper { lr: 3e-2, clip: 0.5, ..Hyper::default() };
     let w = LmWeights::init(&cfg, 5);
     let mut model = LmCuda::new(&gpu, cfg.clone(), &w, h).expect("build LM");
     model.capture_graphs().expect("capture graphs");
@@ -271,23 +186,12 @@ fn loss_decreases_along_the_cpu_trajectory() {
         wk.unflatten(&flat);
         let out = forward_backward(&cfg, &wk, &state, &ids, &targets, step);
         let g = out.grads.flatten();
-        adam(
-            &mut flat,
-            &mut m,
-            &mut v,
-            &g,
-            &h,
-            step,
-            clip_factor(&g, h.clip).1,
-        );
+        adam(&mut flat, &mut m, &mut v, &g, &h, step, clip_factor(&g, h.clip).1);
         want.push(out.loss[0]);
         state = out.state;
     }
     println!("gpu {got:?}\ncpu {want:?}");
-    assert!(
-        got[19] < 0.85 * got[0],
-        "loss did not fall over 20 steps: {got:?}"
-    );
+    assert!(got[19] < 0.85 * got[0], "loss did not fall over 20 steps: {got:?}");
     assert_close("20-step losses", &got, &want, 1e-2, 0.0);
 }
 
@@ -298,13 +202,7 @@ fn bad_batches_are_errors() {
         return;
     };
     let cfg = small_cfg(Dropouts::off());
-    let mut model = LmCuda::new(
-        &gpu,
-        cfg.clone(),
-        &LmWeights::init(&cfg, 1),
-        Hyper::default(),
-    )
-    .expect("build LM");
+    let mut model = LmCuda::new(&gpu, cfg.clone(), &LmWeights::init(&cfg, 1), Hyper::default()).expect("build LM");
     let (mut ids, targets) = batch(&cfg, 1);
     ids[4] = 50;
     match model.set_batch(&ids, &targets) {
@@ -312,8 +210,5 @@ fn bad_batches_are_errors() {
         other => panic!("expected a batch error, got {:?}", other.map(|_| ())),
     }
     let short = vec![0u32; 3];
-    assert!(matches!(
-        model.set_batch(&short, &targets),
-        Err(LmError::Batch(_))
-    ));
+    assert!(matches!(model.set_batch(&short, &targets), Err(LmError::Batch(_))));
 }

@@ -10,14 +10,8 @@ use ulmfit_cuda::{Gpu, LstmCuda};
 use ulmfit_lstm::reference;
 
 /// (T, B, I, H): one step, one row, odd H, I != H, and one a few warps wide.
-const SHAPES: [(usize, usize, usize, usize); 6] = [
-    (1, 1, 1, 1),
-    (1, 3, 5, 7),
-    (5, 1, 4, 9),
-    (7, 4, 6, 17),
-    (4, 3, 8, 8),
-    (12, 16, 40, 96),
-];
+const SHAPES: [(usize, usize, usize, usize); 6] =
+    [(1, 1, 1, 1), (1, 3, 5, 7), (5, 1, 4, 9), (7, 4, 6, 17), (4, 3, 8, 8), (12, 16, 40, 96)];
 
 /// Runs one case on `gpu` (optionally through graphs) and compares it with the reference.
 fn check(gpu: &Gpu, cs: &Case, graphs: bool, final_grads: bool, rtol: f32, atol_rel: f32) {
@@ -33,11 +27,7 @@ fn check(gpu: &Gpu, cs: &Case, graphs: bool, final_grads: bool, rtol: f32, atol_
     assert_close("y", &got.y, &want.y, rtol, atol_rel);
     assert_close("h_n", &got.h_n, &want.h_n, rtol, atol_rel);
     assert_close("c_n", &got.c_n, &want.c_n, rtol, atol_rel);
-    let (dh_n, dc_n) = if final_grads {
-        (Some(&cs.dh_n[..]), Some(&cs.dc_n[..]))
-    } else {
-        (None, None)
-    };
+    let (dh_n, dc_n) = if final_grads { (Some(&cs.dh_n[..]), Some(&cs.dc_n[..])) } else { (None, None) };
     let g = layer.backward(&cs.dy, dh_n, dc_n).expect("cuda backward");
     let w = reference::backward(d, &p, &cs.x, &cs.h0, &cs.c0, &cs.dy, dh_n, dc_n);
     for (name, got, want) in [
@@ -73,14 +63,7 @@ fn lstm_graphs_match_reference_and_replay_new_inputs() {
         return;
     };
     for (k, &(t, b, i, h)) in SHAPES.iter().enumerate() {
-        check(
-            &gpu,
-            &Case::new(t, b, i, h, 200 + k as u64),
-            true,
-            true,
-            1e-4,
-            1e-5,
-        );
+        check(&gpu, &Case::new(t, b, i, h, 200 + k as u64), true, true, 1e-4, 1e-5);
     }
     // One captured layer, two different inputs: the replay must read the new data.
     let first = Case::new(9, 5, 12, 33, 300);
@@ -94,19 +77,8 @@ fn lstm_graphs_match_reference_and_replay_new_inputs() {
         let got = layer.forward(&cs.x, &cs.h0, &cs.c0).expect("graph forward");
         let want = reference::forward(cs.d, &p, &cs.x, &cs.h0, &cs.c0);
         assert_close("y", &got.y, &want.y, 1e-4, 1e-5);
-        let g = layer
-            .backward(&cs.dy, Some(&cs.dh_n), None)
-            .expect("graph backward");
-        let w = reference::backward(
-            cs.d,
-            &p,
-            &cs.x,
-            &cs.h0,
-            &cs.c0,
-            &cs.dy,
-            Some(&cs.dh_n),
-            None,
-        );
+        let g = layer.backward(&cs.dy, Some(&cs.dh_n), None).expect("graph backward");
+        let w = reference::backward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, &cs.dy, Some(&cs.dh_n), None);
         assert_close("dx", &g.dx, &w.dx, 1e-4, 1e-5);
         assert_close("dw_hh", &g.dw_hh, &w.dw_hh, 1e-4, 1e-5);
         assert_close("dc0", &g.dc0, &w.dc0, 1e-4, 1e-5);
@@ -127,18 +99,9 @@ fn lstm_backward_repeats_bit_for_bit() {
         layer.forward(&cs.x, &cs.h0, &cs.c0).expect("forward");
         runs.push(layer.backward(&cs.dy, None, None).expect("backward"));
     }
-    assert!(
-        runs[0].dw_hh == runs[1].dw_hh,
-        "dw_hh differs between identical runs"
-    );
-    assert!(
-        runs[0].db_ih == runs[1].db_ih,
-        "db differs between identical runs"
-    );
-    assert!(
-        runs[0].dx == runs[1].dx,
-        "dx differs between identical runs"
-    );
+    assert!(runs[0].dw_hh == runs[1].dw_hh, "dw_hh differs between identical runs");
+    assert!(runs[0].db_ih == runs[1].db_ih, "db differs between identical runs");
+    assert!(runs[0].dx == runs[1].dx, "dx differs between identical runs");
 }
 
 #[test]
@@ -164,15 +127,11 @@ fn out_of_memory_names_the_size() {
         Err(e @ ulmfit_cuda::Error::OutOfMemory { .. }) => {
             let msg = e.to_string();
             println!("{msg}");
-            assert!(
-                msg.contains(&(n * 4).to_string()) && msg.contains("smaller batch"),
-                "{msg}"
-            );
+            assert!(msg.contains(&(n * 4).to_string()) && msg.contains("smaller batch"), "{msg}");
         }
         Err(e) => panic!("expected OutOfMemory for {} bytes, got: {e}", n * 4),
         Ok(_) => panic!("allocating {} bytes (more than the card) succeeded", n * 4),
     }
     // The context stays usable after a failed allocation.
-    gpu.alloc_zeros(1024, "after OOM")
-        .expect("small allocation after OOM");
+    gpu.alloc_zeros(1024, "after OOM").expect("small allocation after OOM");
 }

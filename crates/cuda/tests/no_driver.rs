@@ -10,10 +10,7 @@ fn missing_driver_library_is_a_clean_error() {
     match probe_driver("libulmfit_no_such_cuda_driver.so.1") {
         Err(e @ Error::NoDriver(_)) => {
             let msg = e.to_string();
-            assert!(
-                msg.contains("no CUDA driver found (libcuda.so); use --device cpu"),
-                "{msg}"
-            );
+            assert!(msg.contains("no CUDA driver found (libcuda.so); use --device cpu"), "{msg}");
         }
         other => panic!("expected Error::NoDriver, got {:?}", other.map(|_| ())),
     }
@@ -54,30 +51,15 @@ fn lstm_cell_compiles_with_nvrtc() {
         return;
     }
     let src = include_str!("../../../kernels/lstm_cell.cu");
-    let ptx =
-        compile_cached("kernels/lstm_cell.cu", src, "compute_90").unwrap_or_else(|e| panic!("{e}"));
+    let ptx = compile_cached("kernels/lstm_cell.cu", src, "compute_90").unwrap_or_else(|e| panic!("{e}"));
     let text = ptx.to_src();
-    assert!(
-        text.contains("lstm_cell_fwd") && text.contains("lstm_cell_bwd"),
-        "PTX lacks kernels"
-    );
-    println!(
-        "kernels/lstm_cell.cu -> {} bytes of PTX for compute_90",
-        text.len()
-    );
+    assert!(text.contains("lstm_cell_fwd") && text.contains("lstm_cell_bwd"), "PTX lacks kernels");
+    println!("kernels/lstm_cell.cu -> {} bytes of PTX for compute_90", text.len());
 }
 
 #[test]
 fn out_of_memory_message_names_size_and_fix() {
-    let e = Error::OutOfMemory {
-        what: "LSTM buffer Act".to_string(),
-        bytes: 3 << 30,
-    };
+    let e = Error::OutOfMemory { what: "LSTM buffer Act".to_string(), bytes: 3 << 30 };
     let msg = e.to_string();
-    assert!(
-        msg.contains("3221225472 bytes")
-            && msg.contains("3072.0 MiB")
-            && msg.contains("smaller batch"),
-        "{msg}"
-    );
+    assert!(msg.contains("3221225472 bytes") && msg.contains("3072.0 MiB") && msg.contains("smaller batch"), "{msg}");
 }

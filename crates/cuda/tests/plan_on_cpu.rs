@@ -24,16 +24,8 @@ fn sgemm_col_major(bufs: &mut [Vec<f32>], cm: &ColMajor) {
         for i in 0..cm.m {
             let mut s = 0.0f32;
             for l in 0..cm.k {
-                let av = if cm.transa {
-                    a[l + i * cm.lda]
-                } else {
-                    a[i + l * cm.lda]
-                };
-                let bv = if cm.transb {
-                    b[j + l * cm.ldb]
-                } else {
-                    b[l + j * cm.ldb]
-                };
+                let av = if cm.transa { a[l + i * cm.lda] } else { a[i + l * cm.lda] };
+                let bv = if cm.transb { b[j + l * cm.ldb] } else { b[l + j * cm.ldb] };
                 s += av * bv;
             }
             c[i + j * cm.m] = s;
@@ -57,12 +49,7 @@ fn cell_fwd(bufs: &mut [Vec<f32>], t: usize, bn: usize, h: usize) {
         let hr = &bufs[Buf::Hw as usize][b * 4 * h..];
         let (bi, bh) = (&bufs[Buf::BIh as usize], &bufs[Buf::BHh as usize]);
         let pre = |k: usize| xr[k * h + j] + hr[k * h + j] + bi[k * h + j] + bh[k * h + j];
-        let (i, f, g, o) = (
-            sigmoid(pre(0)),
-            sigmoid(pre(1)),
-            pre(2).tanh(),
-            sigmoid(pre(3)),
-        );
+        let (i, f, g, o) = (sigmoid(pre(0)), sigmoid(pre(1)), pre(2).tanh(), sigmoid(pre(3)));
         let c = f * bufs[Buf::Cs as usize][t * n + idx] + i * g;
         bufs[Buf::Cs as usize][(t + 1) * n + idx] = c;
         bufs[Buf::Hs as usize][(t + 1) * n + idx] = o * c.tanh();
@@ -114,11 +101,7 @@ fn check_case(t: usize, b: usize, i: usize, h: usize, with_final_grads: bool) {
     // Poison every buffer: a step that reads what nothing wrote shows up as NaN.
     let mut bufs: Vec<Vec<f32>> = Buf::ALL.iter().map(|b| vec![f32::NAN; b.len(d)]).collect();
     let zeros = vec![0.0; b * h];
-    let (dh_n, dc_n) = if with_final_grads {
-        (Some(&cs.dh_n[..]), Some(&cs.dc_n[..]))
-    } else {
-        (None, None)
-    };
+    let (dh_n, dc_n) = if with_final_grads { (Some(&cs.dh_n[..]), Some(&cs.dc_n[..])) } else { (None, None) };
     for (buf, data) in [
         (Buf::X, &cs.x[..]),
         (Buf::H0, &cs.h0),
@@ -141,13 +124,7 @@ fn check_case(t: usize, b: usize, i: usize, h: usize, with_final_grads: bool) {
     let hs = &bufs[Buf::Hs as usize];
     assert_close("y", &hs[bh..], &want.y, 1e-4, 1e-5);
     assert_close("h_n", &hs[t * bh..], &want.h_n, 1e-4, 1e-5);
-    assert_close(
-        "c_n",
-        &bufs[Buf::Cs as usize][t * bh..],
-        &want.c_n,
-        1e-4,
-        1e-5,
-    );
+    assert_close("c_n", &bufs[Buf::Cs as usize][t * bh..], &want.c_n, 1e-4, 1e-5);
 
     run(&mut bufs, d, &backward_plan(d));
     let gw = reference::backward(d, &p, &cs.x, &cs.h0, &cs.c0, &cs.dy, dh_n, dc_n);
@@ -167,13 +144,7 @@ fn check_case(t: usize, b: usize, i: usize, h: usize, with_final_grads: bool) {
 #[test]
 fn plan_matches_reference_on_cpu() {
     // (T, B, I, H): single step, single row, odd and even H, I != H.
-    for (t, b, i, h) in [
-        (1, 1, 1, 1),
-        (1, 3, 5, 7),
-        (5, 1, 4, 9),
-        (7, 4, 6, 17),
-        (4, 3, 8, 8),
-    ] {
+    for (t, b, i, h) in [(1, 1, 1, 1), (1, 3, 5, 7), (5, 1, 4, 9), (7, 4, 6, 17), (4, 3, 8, 8)] {
         check_case(t, b, i, h, true);
     }
     check_case(3, 2, 5, 6, false);
@@ -186,54 +157,25 @@ fn gemm_mapping_of_a_known_product() {
     let mut bufs: Vec<Vec<f32>> = Buf::ALL.iter().map(|_| vec![0.0; 6]).collect();
     bufs[Buf::X as usize] = vec![1., 2., 3., 4., 5., 6.];
     bufs[Buf::WIh as usize] = vec![1., 0., 0., 1., 1., 1.];
-    let m = |buf, rows, cols, trans| Mat {
-        buf,
-        off: 0,
-        rows,
-        cols,
-        trans,
-    };
-    let g = Gemm {
-        a: m(Buf::X, 2, 3, false),
-        b: m(Buf::WIh, 3, 2, false),
-        c: m(Buf::Dx, 2, 2, false),
-    };
+    let m = |buf, rows, cols, trans| Mat { buf, off: 0, rows, cols, trans };
+    let g = Gemm { a: m(Buf::X, 2, 3, false), b: m(Buf::WIh, 3, 2, false), c: m(Buf::Dx, 2, 2, false) };
     sgemm_col_major(&mut bufs, &g.col_major());
-    assert_eq!(
-        &bufs[Buf::Dx as usize][..4],
-        &[4., 5., 10., 11.],
-        "plain product"
-    );
+    assert_eq!(&bufs[Buf::Dx as usize][..4], &[4., 5., 10., 11.], "plain product");
     // A^T . B^T with A stored [3,2] and B stored [2,3]: same product, transposed storage.
     bufs[Buf::X as usize] = vec![1., 4., 2., 5., 3., 6.];
     bufs[Buf::WIh as usize] = vec![1., 0., 1., 0., 1., 1.];
-    let g = Gemm {
-        a: m(Buf::X, 3, 2, true),
-        b: m(Buf::WIh, 2, 3, true),
-        c: m(Buf::Dx, 2, 2, false),
-    };
+    let g = Gemm { a: m(Buf::X, 3, 2, true), b: m(Buf::WIh, 2, 3, true), c: m(Buf::Dx, 2, 2, false) };
     sgemm_col_major(&mut bufs, &g.col_major());
-    assert_eq!(
-        &bufs[Buf::Dx as usize][..4],
-        &[4., 5., 10., 11.],
-        "transposed operands"
-    );
+    assert_eq!(&bufs[Buf::Dx as usize][..4], &[4., 5., 10., 11.], "transposed operands");
 }
 
 #[test]
 fn step_kinds_count_the_launches() {
     // Per pass: T recurrent GEMMs and T cell launches; 1 + 4 whole-sequence GEMMs; 2 + 2 copies.
-    let d = LstmDims {
-        t: 6,
-        b: 2,
-        i: 3,
-        h: 4,
-    };
+    let d = LstmDims { t: 6, b: 2, i: 3, h: 4 };
     let count = |plan: &[Step], kind: &str| plan.iter().filter(|s| s.kind() == kind).count();
     let (fwd, bwd) = (forward_plan(d), backward_plan(d));
-    let got: Vec<usize> = ["step-gemm", "cell", "seq-gemm", "copy"]
-        .iter()
-        .flat_map(|k| [count(&fwd, k), count(&bwd, k)])
-        .collect();
+    let got: Vec<usize> =
+        ["step-gemm", "cell", "seq-gemm", "copy"].iter().flat_map(|k| [count(&fwd, k), count(&bwd, k)]).collect();
     assert_eq!(got, [6, 6, 6, 6, 1, 4, 2, 2], "step kinds of {d:?}");
 }

@@ -70,14 +70,7 @@ pub struct CellBwd<'a> {
 impl CellBwd<'_> {
     /// The same step reading its recurrent dL/dh from `dh_rec` [rows, H].
     pub fn with_dh_rec<'b>(&'b mut self, dh_rec: &'b [f32]) -> CellBwd<'b> {
-        CellBwd {
-            gates: &mut *self.gates,
-            c: self.c,
-            c_prev: self.c_prev,
-            dy: self.dy,
-            dh_rec,
-            dc: &mut *self.dc,
-        }
+        CellBwd { gates: &mut *self.gates, c: self.c, c_prev: self.c_prev, dy: self.dy, dh_rec, dc: &mut *self.dc }
     }
 }
 
@@ -96,11 +89,8 @@ pub trait CellStep {
 impl CellStep for CellFwd<'_> {
     fn check(&self, rows: usize, hn: usize) {
         let n = rows * hn;
-        let lens = [
-            ("gates", self.gates.len(), 4 * n),
-            ("bias", self.bias.len(), 4 * hn),
-            ("c_prev", self.c_prev.len(), n),
-        ];
+        let lens =
+            [("gates", self.gates.len(), 4 * n), ("bias", self.bias.len(), 4 * hn), ("c_prev", self.c_prev.len(), n)];
         check_lens("cell forward", &lens);
         check_lens("cell forward", &[("c", self.c.len(), n), ("h", self.h.len(), n)]);
     }
@@ -127,17 +117,9 @@ impl CellStep for CellFwd<'_> {
 impl CellStep for CellBwd<'_> {
     fn check(&self, rows: usize, hn: usize) {
         let n = rows * hn;
-        let lens = [
-            ("gates", self.gates.len(), 4 * n),
-            ("c", self.c.len(), n),
-            ("c_prev", self.c_prev.len(), n),
-        ];
+        let lens = [("gates", self.gates.len(), 4 * n), ("c", self.c.len(), n), ("c_prev", self.c_prev.len(), n)];
         check_lens("cell backward", &lens);
-        let lens = [
-            ("dy", self.dy.len(), n),
-            ("dh_rec", self.dh_rec.len(), n),
-            ("dc", self.dc.len(), n),
-        ];
+        let lens = [("dy", self.dy.len(), n), ("dh_rec", self.dh_rec.len(), n), ("dc", self.dc.len(), n)];
         check_lens("cell backward", &lens);
     }
     /// Gate gradients from the saved activations (sigmoid' = v (1 - v), tanh' = 1 - v^2).
@@ -145,12 +127,7 @@ impl CellStep for CellBwd<'_> {
     unsafe fn lanes<V: Lanes>(&mut self, hn: usize, row: usize, j: usize) {
         let s = self;
         let g = s.gates.as_mut_ptr().add(row * 4 * hn + j);
-        let (i, f, gg, o) = (
-            V::load(g),
-            V::load(g.add(hn)),
-            V::load(g.add(2 * hn)),
-            V::load(g.add(3 * hn)),
-        );
+        let (i, f, gg, o) = (V::load(g), V::load(g.add(hn)), V::load(g.add(2 * hn)), V::load(g.add(3 * hn)));
         let at = row * hn + j;
         let one = V::splat(1.0);
         let tc = simd::tanh(V::load(s.c.as_ptr().add(at)));

@@ -50,18 +50,10 @@ pub fn forward(d: LstmDims, p: &LstmParams, x: &[f32], h0: &[f32], c0: &[f32], i
     let mut c = pool::take(tn * bh);
     let mut y = vec![0.0; tn * bh];
     // gates [T*B, 4H] = X [T*B, I] . W_ih^T
-    sgemm(
-        1.0,
-        MatRef::new(x, tn * bn, inp),
-        MatRef::new(p.w_ih, g4, inp).t(),
-        0.0,
-        &mut gates,
-    );
+    sgemm(1.0, MatRef::new(x, tn * bn, inp), MatRef::new(p.w_ih, g4, inp).t(), 0.0, &mut gates);
     let rec = Recurrent::new(p.w_hh, hn, isa, false);
     let blocks = row_blocks(bn);
-    let views = split_rows(&mut gates, bn, g4, &blocks)
-        .into_iter()
-        .zip(split_rows(&mut c, bn, hn, &blocks));
+    let views = split_rows(&mut gates, bn, g4, &blocks).into_iter().zip(split_rows(&mut c, bn, hn, &blocks));
     let mut views: Vec<_> = views.zip(split_rows(&mut y, bn, hn, &blocks)).zip(&blocks).collect();
     views.par_iter_mut().for_each(|(((g, c), y), rows)| {
         let (h0, c0) = (&h0[rows.start * hn..rows.end * hn], &c0[rows.start * hn..rows.end * hn]);
@@ -70,13 +62,7 @@ pub fn forward(d: LstmDims, p: &LstmParams, x: &[f32], h0: &[f32], c0: &[f32], i
             let (y_done, y_now) = y.split_at_mut(t);
             let h_prev = if t == 0 { h0 } else { &*y_done[t - 1] };
             let c_prev = if t == 0 { c0 } else { &*c_done[t - 1] };
-            let mut s = CellFwd {
-                gates: &mut *g[t],
-                bias: &bias,
-                c_prev,
-                c: &mut *c_now[0],
-                h: &mut *y_now[0],
-            };
+            let mut s = CellFwd { gates: &mut *g[t], bias: &bias, c_prev, c: &mut *c_now[0], h: &mut *y_now[0] };
             rec.forward_step(h_prev, &mut s, rows.len());
         }
     });
@@ -121,10 +107,7 @@ pub fn backward(
         ("dc_n", dc_n.map_or(bh, <[f32]>::len), bh),
     ];
     for (name, got, want) in lens {
-        assert_eq!(
-            got, want,
-            "lstm backward {d:?}: {name} has {got} elements, expected {want}"
-        );
+        assert_eq!(got, want, "lstm backward {d:?}: {name} has {got} elements, expected {want}");
     }
     let mut saved = saved;
     let (mut gates, c) = (std::mem::take(&mut saved.gates), std::mem::take(&mut saved.c));
@@ -132,9 +115,7 @@ pub fn backward(
     let mut dc = dc_n.map_or(vec![0.0; bh], <[f32]>::to_vec);
     let rec = Recurrent::new(p.w_hh, hn, isa, true);
     let blocks = row_blocks(bn);
-    let views = split_rows(&mut gates, bn, g4, &blocks)
-        .into_iter()
-        .zip(split_blocks(&mut dh, hn, &blocks));
+    let views = split_rows(&mut gates, bn, g4, &blocks).into_iter().zip(split_blocks(&mut dh, hn, &blocks));
     let mut views: Vec<_> = views.zip(split_blocks(&mut dc, hn, &blocks)).zip(&blocks).collect();
     views.par_iter_mut().for_each(|(((dz, dh), dc), rows)| {
         let (r0, nr) = (rows.start, rows.len());
@@ -184,33 +165,13 @@ pub fn backward(
     // dW_hh = sum_t dz_t^T h_{t-1}: h0 for step 0, y_{t-1} for the rest
     let mut dw_hh = vec![0.0; g4 * hn];
     if tn > 0 {
-        sgemm(
-            1.0,
-            MatRef::new(&gates[..bn * g4], bn, g4).t(),
-            MatRef::new(h0, bn, hn),
-            0.0,
-            &mut dw_hh,
-        );
+        sgemm(1.0, MatRef::new(&gates[..bn * g4], bn, g4).t(), MatRef::new(h0, bn, hn), 0.0, &mut dw_hh);
         let later = MatRef::new(&gates[bn * g4..], rows - bn, g4).t();
-        sgemm(
-            1.0,
-            later,
-            MatRef::new(&y[..(rows - bn) * hn], rows - bn, hn),
-            1.0,
-            &mut dw_hh,
-        );
+        sgemm(1.0, later, MatRef::new(&y[..(rows - bn) * hn], rows - bn, hn), 1.0, &mut dw_hh);
     }
     let db = column_sums(&gates, g4);
     (saved.gates, saved.c) = (gates, c); // back to the pool
-    LstmGrads {
-        dx,
-        dh0: dh,
-        dc0: dc,
-        dw_ih,
-        dw_hh,
-        db_ih: db.clone(),
-        db_hh: db,
-    }
+    LstmGrads { dx, dh0: dh, dc0: dc, dw_ih, dw_hh, db_ih: db.clone(), db_hh: db }
 }
 /// Threads the time loops split batch rows over (rayon's pool; `RAYON_NUM_THREADS` sets it).
 pub fn num_threads() -> usize {

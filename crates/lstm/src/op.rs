@@ -65,11 +65,7 @@ pub fn lstm(
     ];
     for (name, tensor, shape) in &want {
         if tensor.shape() != &shape[..] {
-            return Err(bad(format!(
-                "{name} must be {shape:?} for x {:?}, got {:?}",
-                x.shape(),
-                tensor.shape()
-            )));
+            return Err(bad(format!("{name} must be {shape:?} for x {:?}, got {:?}", x.shape(), tensor.shape())));
         }
     }
     let isa = Isa::detect();
@@ -81,26 +77,12 @@ pub fn lstm(
     let (out, saved) = {
         let (wi, wh, bi, bh) = (w_ih.data(), w_hh.data(), b_ih.data(), b_hh.data());
         let w_hh_used = dropped.as_ref().map_or(&wh[..], |(_, m)| &m[..]);
-        let p = LstmParams {
-            w_ih: &wi,
-            w_hh: w_hh_used,
-            b_ih: &bi,
-            b_hh: &bh,
-        };
+        let p = LstmParams { w_ih: &wi, w_hh: w_hh_used, b_ih: &bi, b_hh: &bh };
         layer::forward(d, &p, &x.data(), &h0.data(), &c0.data(), isa)
     };
-    let op = LstmOp {
-        d,
-        isa,
-        saved: RefCell::new(Some(saved)),
-        dropped,
-    };
+    let op = LstmOp { d, isa, saved: RefCell::new(Some(saved)), dropped };
     let y = Tensor::from_op(out.y, &[t, b, h], &[x, w_ih, w_hh, b_ih, b_hh, h0, c0], op);
-    Ok(LstmStep {
-        y,
-        h_n: Tensor::from_vec(out.h_n, &[b, h])?,
-        c_n: Tensor::from_vec(out.c_n, &[b, h])?,
-    })
+    Ok(LstmStep { y, h_n: Tensor::from_vec(out.h_n, &[b, h])?, c_n: Tensor::from_vec(out.c_n, &[b, h])? })
 }
 
 impl Op for LstmOp {
@@ -117,34 +99,14 @@ impl Op for LstmOp {
         };
         let (wi, wh, bi, bh) = (w_ih.data(), w_hh.data(), b_ih.data(), b_hh.data());
         let w_hh_used = self.dropped.as_ref().map_or(&wh[..], |(_, m)| &m[..]);
-        let p = LstmParams {
-            w_ih: &wi,
-            w_hh: w_hh_used,
-            b_ih: &bi,
-            b_hh: &bh,
-        };
+        let p = LstmParams { w_ih: &wi, w_hh: w_hh_used, b_ih: &bi, b_hh: &bh };
         let (xd, h0d, c0d) = (x.data(), h0.data(), c0.data());
-        let mut g = layer::backward(
-            self.d,
-            &p,
-            &xd,
-            &h0d,
-            &c0d,
-            &out.data(),
-            saved,
-            &dout.data(),
-            None,
-            None,
-            self.isa,
-        );
+        let mut g =
+            layer::backward(self.d, &p, &xd, &h0d, &c0d, &out.data(), saved, &dout.data(), None, None, self.isa);
         if let Some((m, _)) = &self.dropped {
             m.apply_grad(&mut g.dw_hh);
         }
         let grads = [g.dx, g.dw_ih, g.dw_hh, g.db_ih, g.db_hh, g.dh0, g.dc0];
-        inputs
-            .iter()
-            .zip(grads)
-            .map(|(input, gr)| Ok(Some(Tensor::from_vec(gr, input.shape())?)))
-            .collect()
+        inputs.iter().zip(grads).map(|(input, gr)| Ok(Some(Tensor::from_vec(gr, input.shape())?))).collect()
     }
 }

@@ -15,9 +15,7 @@ thread_local! {
 pub fn take(len: usize) -> Vec<f32> {
     let reused = POOL.with(|p| {
         let mut p = p.borrow_mut();
-        let best = (0..p.len())
-            .filter(|&k| p[k].capacity() >= len)
-            .min_by_key(|&k| p[k].capacity());
+        let best = (0..p.len()).filter(|&k| p[k].capacity() >= len).min_by_key(|&k| p[k].capacity());
         best.map(|k| p.swap_remove(k))
     });
     match reused {
@@ -38,9 +36,7 @@ pub fn give(v: Vec<f32>) {
         let mut p = p.borrow_mut();
         p.push(v);
         if p.len() > KEEP {
-            let smallest = (0..p.len())
-                .min_by_key(|&k| p[k].capacity())
-                .expect("pool is not empty");
+            let smallest = (0..p.len()).min_by_key(|&k| p[k].capacity()).expect("pool is not empty");
             p.swap_remove(smallest);
         }
     });

@@ -41,20 +41,9 @@ impl<'a> Recurrent<'a> {
     /// Prepares `w_hh` [4H, H] for `isa`, packing it when the fused kernels apply.
     /// `backward` selects which packed layout is built (forward or backward products).
     pub fn new(w_hh: &'a [f32], hn: usize, isa: Isa, backward: bool) -> Self {
-        assert_eq!(
-            w_hh.len(),
-            4 * hn * hn,
-            "recurrent: w_hh has {} elements, expected [4*{hn}, {hn}]",
-            w_hh.len()
-        );
+        assert_eq!(w_hh.len(), 4 * hn * hn, "recurrent: w_hh has {} elements, expected [4*{hn}, {hn}]", w_hh.len());
         assert!(isa.available(), "recurrent: {isa:?} is not supported by this CPU");
-        let mut r = Recurrent {
-            w_hh,
-            hn,
-            isa,
-            fwd: Vec::new(),
-            bwd: Vec::new(),
-        };
+        let mut r = Recurrent { w_hh, hn, isa, fwd: Vec::new(), bwd: Vec::new() };
         if isa == Isa::Avx512 {
             if backward {
                 r.bwd = pack_bwd(w_hh, hn);
@@ -77,11 +66,7 @@ impl<'a> Recurrent<'a> {
         s.check(rows, hn);
         #[cfg(target_arch = "x86_64")]
         if self.isa == Isa::Avx512 {
-            assert_eq!(
-                self.fwd.len(),
-                hn.div_ceil(UNITS) * hn * 4 * UNITS,
-                "recurrent: W_hh was packed for backward"
-            );
+            assert_eq!(self.fwd.len(), hn.div_ceil(UNITS) * hn * 4 * UNITS, "recurrent: W_hh was packed for backward");
             // SAFETY: lengths and packing checked above; `new` checked that the CPU has AVX-512.
             unsafe { avx512::forward(&self.fwd, hn, h_prev, s, rows) };
             return;
@@ -101,30 +86,15 @@ impl<'a> Recurrent<'a> {
             "recurrent backward: dz has {} elements, expected [{rows}, 4*{hn}]",
             dz.len()
         );
-        assert_eq!(
-            dh.len(),
-            rows * hn,
-            "recurrent backward: dh has {} elements, expected [{rows}, {hn}]",
-            dh.len()
-        );
+        assert_eq!(dh.len(), rows * hn, "recurrent backward: dh has {} elements, expected [{rows}, {hn}]", dh.len());
         #[cfg(target_arch = "x86_64")]
         if self.isa == Isa::Avx512 {
-            assert_eq!(
-                self.bwd.len(),
-                hn.div_ceil(UNITS) * 4 * hn * UNITS,
-                "recurrent: W_hh was packed for forward"
-            );
+            assert_eq!(self.bwd.len(), hn.div_ceil(UNITS) * 4 * hn * UNITS, "recurrent: W_hh was packed for forward");
             // SAFETY: lengths checked above (the cell's by `check` inside); AVX-512 checked in `new`.
             unsafe { avx512::backward(&self.bwd, hn, dz, dh, s, rows) };
             return;
         }
-        sgemm(
-            1.0,
-            MatRef::new(dz, rows, 4 * hn),
-            MatRef::new(self.w_hh, 4 * hn, hn),
-            0.0,
-            dh,
-        );
+        sgemm(1.0, MatRef::new(dz, rows, 4 * hn), MatRef::new(self.w_hh, 4 * hn, hn), 0.0, dh);
         if let Some(mut s) = s {
             cell::run(self.isa, &mut s.with_dh_rec(dh), rows, hn);
         }
@@ -143,33 +113,29 @@ fn padded(len: usize, hn: usize) -> Vec<f32> {
 /// `[H/16][H][4][16]`: block u, input unit k, gate g, lane l holds W_hh[g*H + 16u + l, k].
 fn pack_fwd(w: &[f32], hn: usize) -> Vec<f32> {
     let mut p = padded(hn.div_ceil(UNITS) * hn * 4 * UNITS, hn);
-    p.par_chunks_mut((hn * 4 * UNITS).max(1))
-        .enumerate()
-        .for_each(|(u, block)| {
-            for g in 0..4 {
-                for l in 0..UNITS.min(hn - u * UNITS) {
-                    // One contiguous row of W_hh scatters down one lane of the block.
-                    let row = &w[(g * hn + u * UNITS + l) * hn..][..hn];
-                    for (k, &v) in row.iter().enumerate() {
-                        block[(k * 4 + g) * UNITS + l] = v;
-                    }
+    p.par_chunks_mut((hn * 4 * UNITS).max(1)).enumerate().for_each(|(u, block)| {
+        for g in 0..4 {
+            for l in 0..UNITS.min(hn - u * UNITS) {
+                // One contiguous row of W_hh scatters down one lane of the block.
+                let row = &w[(g * hn + u * UNITS + l) * hn..][..hn];
+                for (k, &v) in row.iter().enumerate() {
+                    block[(k * 4 + g) * UNITS + l] = v;
                 }
             }
-        });
+        }
+    });
     p
 }
 
 /// `[H/16][4H][16]`: block u, gate row m, lane l holds W_hh[m, 16u + l].
 fn pack_bwd(w: &[f32], hn: usize) -> Vec<f32> {
     let mut p = padded(hn.div_ceil(UNITS) * 4 * hn * UNITS, hn);
-    p.par_chunks_mut((4 * hn * UNITS).max(1))
-        .enumerate()
-        .for_each(|(u, block)| {
-            let width = UNITS.min(hn - u * UNITS);
-            for (m, lanes) in block.chunks_exact_mut(UNITS).enumerate() {
-                lanes[..width].copy_from_slice(&w[m * hn + u * UNITS..][..width]);
-            }
-        });
+    p.par_chunks_mut((4 * hn * UNITS).max(1)).enumerate().for_each(|(u, block)| {
+        let width = UNITS.min(hn - u * UNITS);
+        for (m, lanes) in block.chunks_exact_mut(UNITS).enumerate() {
+            lanes[..width].copy_from_slice(&w[m * hn + u * UNITS..][..width]);
+        }
+    });
     p
 }
 

@@ -119,11 +119,7 @@ fn run_forward(d: LstmDims, p: &LstmParams, x: &[f32], h0: &[f32], c0: &[f32]) -
                 for k in 0..hn {
                     z += p.w_hh[r * hn + k] * hp[k];
                 }
-                g[r] = if (2 * hn..3 * hn).contains(&r) {
-                    z.tanh()
-                } else {
-                    sigmoid(z)
-                };
+                g[r] = if (2 * hn..3 * hn).contains(&r) { z.tanh() } else { sigmoid(z) };
             }
             for j in 0..hn {
                 let (ig, fg, gg, og) = (g[j], g[hn + j], g[2 * hn + j], g[3 * hn + j]);
@@ -135,15 +131,7 @@ fn run_forward(d: LstmDims, p: &LstmParams, x: &[f32], h0: &[f32], c0: &[f32]) -
         h_prev.copy_from_slice(&y[t * bn * hn..][..bn * hn]);
         c_prev.copy_from_slice(&cs[t * bn * hn..][..bn * hn]);
     }
-    Trace {
-        gates,
-        c: cs,
-        out: LstmOutput {
-            y,
-            h_n: h_prev,
-            c_n: c_prev,
-        },
-    }
+    Trace { gates, c: cs, out: LstmOutput { y, h_n: h_prev, c_n: c_prev } }
 }
 
 /// Runs the layer over the whole sequence. `x` is [T, B, I], `h0` and `c0` are [B, H].
@@ -164,12 +152,7 @@ pub fn backward(
     dc_n: Option<&[f32]>,
 ) -> LstmGrads {
     let (tn, bn, inp, hn) = (d.t, d.b, d.i, d.h);
-    assert_eq!(
-        dy.len(),
-        tn * bn * hn,
-        "lstm backward {d:?}: dy has {} elements",
-        dy.len()
-    );
+    assert_eq!(dy.len(), tn * bn * hn, "lstm backward {d:?}: dy has {} elements", dy.len());
     let tr = run_forward(d, p, x, h0, c0);
     let mut gr = LstmGrads {
         dx: vec![0.0; tn * bn * inp],
@@ -188,16 +171,8 @@ pub fn backward(
         for b in 0..bn {
             let row = t * bn + b;
             let g = &tr.gates[row * 4 * hn..][..4 * hn];
-            let c_prev = if t == 0 {
-                &c0[b * hn..][..hn]
-            } else {
-                &tr.c[(row - bn) * hn..][..hn]
-            };
-            let h_prev = if t == 0 {
-                &h0[b * hn..][..hn]
-            } else {
-                &tr.out.y[(row - bn) * hn..][..hn]
-            };
+            let c_prev = if t == 0 { &c0[b * hn..][..hn] } else { &tr.c[(row - bn) * hn..][..hn] };
+            let h_prev = if t == 0 { &h0[b * hn..][..hn] } else { &tr.out.y[(row - bn) * hn..][..hn] };
             for j in 0..hn {
                 let (ig, fg, gg, og) = (g[j], g[hn + j], g[2 * hn + j], g[3 * hn + j]);
                 let tc = tr.c[row * hn + j].tanh();

@@ -228,14 +228,7 @@ pub fn tanh<V: Lanes>(x: V) -> V {
     let x = x.max(V::splat(-7.905_311)).min(V::splat(7.905_311));
     let x2 = x.mul(x);
     let mut p = V::splat(-2.760_768_5e-16);
-    for c in [
-        2.000_188e-13,
-        -8.604_672e-11,
-        5.122_297e-8,
-        1.485_722_4e-5,
-        6.372_619_3e-4,
-        4.893_524_6e-3,
-    ] {
+    for c in [2.000_188e-13, -8.604_672e-11, 5.122_297e-8, 1.485_722_4e-5, 6.372_619_3e-4, 4.893_524_6e-3] {
         p = p.fma(x2, V::splat(c));
     }
     let mut q = V::splat(1.198_258_4e-6);
@@ -264,12 +257,7 @@ mod tests {
                 worst = (err, x);
             }
         }
-        assert!(
-            worst.0 <= 1.0,
-            "{name}: error {:.3} of tolerance at x={}",
-            worst.0,
-            worst.1
-        );
+        assert!(worst.0 <= 1.0, "{name}: error {:.3} of tolerance at x={}", worst.0, worst.1);
     }
 
     #[test]
@@ -307,12 +295,7 @@ mod tests {
         for (k, (g, w)) in got.iter().zip(want).enumerate() {
             for f in 0..3 {
                 let d = (g[f] - w[f]).abs();
-                assert!(
-                    d <= 1e-7 + 1e-6 * w[f].abs(),
-                    "{isa}: function {f} at index {k}: {} vs {}",
-                    g[f],
-                    w[f]
-                );
+                assert!(d <= 1e-7 + 1e-6 * w[f].abs(), "{isa}: function {f} at index {k}: {} vs {}", g[f], w[f]);
             }
         }
     }

@@ -32,24 +32,12 @@ impl LayerWeights {
     pub fn init(i: usize, h: usize, seed: u64) -> Self {
         let k = 1.0 / (h as f32).sqrt();
         let u = |salt: u64, n: usize| -> Vec<f32> { (0..n).map(|j| (unit(seed ^ salt, j) * 2.0 - 1.0) * k).collect() };
-        LayerWeights {
-            i,
-            h,
-            w_ih: u(1, 4 * h * i),
-            w_hh: u(2, 4 * h * h),
-            b_ih: u(3, 4 * h),
-            b_hh: u(4, 4 * h),
-        }
+        LayerWeights { i, h, w_ih: u(1, 4 * h * i), w_hh: u(2, 4 * h * h), b_ih: u(3, 4 * h), b_hh: u(4, 4 * h) }
     }
 
     /// Borrowed view with `w_hh` replaced (by a DropConnect-masked copy).
     pub fn params_with<'a>(&'a self, w_hh: &'a [f32]) -> LstmParams<'a> {
-        LstmParams {
-            w_ih: &self.w_ih,
-            w_hh,
-            b_ih: &self.b_ih,
-            b_hh: &self.b_hh,
-        }
+        LstmParams { w_ih: &self.w_ih, w_hh, b_ih: &self.b_ih, b_hh: &self.b_hh }
     }
 }
 
@@ -91,9 +79,7 @@ impl DropMask {
     pub fn apply_grad(&self, x: &mut [f32]) {
         const CHUNK: usize = 1 << 14;
         x.par_chunks_mut(CHUNK).enumerate().for_each(|(c, part)| {
-            part.iter_mut()
-                .enumerate()
-                .for_each(|(k, v)| *v *= self.scale(c * CHUNK + k));
+            part.iter_mut().enumerate().for_each(|(k, v)| *v *= self.scale(c * CHUNK + k));
         });
     }
 }
@@ -128,21 +114,10 @@ pub struct LstmStack {
 impl LstmStack {
     /// A stack over `sizes` = [input, hidden_1, ..., hidden_L], PyTorch init.
     pub fn new(sizes: &[usize], seed: u64) -> Self {
-        assert!(
-            sizes.len() >= 2,
-            "lstm stack: sizes {sizes:?} needs an input size and at least one layer"
-        );
-        let layers = sizes
-            .windows(2)
-            .enumerate()
-            .map(|(l, w)| LayerWeights::init(w[0], w[1], seed + l as u64))
-            .collect();
-        LstmStack {
-            layers,
-            state: Vec::new(),
-            weight_p: 0.0,
-            isa: Isa::detect(),
-        }
+        assert!(sizes.len() >= 2, "lstm stack: sizes {sizes:?} needs an input size and at least one layer");
+        let layers =
+            sizes.windows(2).enumerate().map(|(l, w)| LayerWeights::init(w[0], w[1], seed + l as u64)).collect();
+        LstmStack { layers, state: Vec::new(), weight_p: 0.0, isa: Isa::detect() }
     }
 
     /// Forgets the carried state (the next forward starts from zeros).
@@ -154,20 +129,13 @@ impl LstmStack {
     /// when `train`, the trace for `backward` (with a fresh DropConnect mask from `seed`).
     pub fn forward(&mut self, x: &[f32], t: usize, b: usize, train: bool, seed: u64) -> (Vec<f32>, Option<StackTrace>) {
         if self.state.len() != self.layers.len() || self.state[0].0.len() != b * self.layers[0].h {
-            self.state = self
-                .layers
-                .iter()
-                .map(|l| (vec![0.0; b * l.h], vec![0.0; b * l.h]))
-                .collect();
+            self.state = self.layers.iter().map(|l| (vec![0.0; b * l.h], vec![0.0; b * l.h])).collect();
         }
         let mut layers = Vec::new();
         for (l, w) in self.layers.iter().enumerate() {
             let d = LstmDims { t, b, i: w.i, h: w.h };
             let dropped = (train && self.weight_p > 0.0).then(|| {
-                let m = DropMask {
-                    p: self.weight_p,
-                    seed: seed ^ ((l as u64) << 32),
-                };
+                let m = DropMask { p: self.weight_p, seed: seed ^ ((l as u64) << 32) };
                 let mut w_hh = Vec::new();
                 m.apply(&w.w_hh, &mut w_hh);
                 (w_hh, m)
@@ -180,14 +148,7 @@ impl LstmStack {
             if !train {
                 layers.clear(); // only the layer above reads this output
             }
-            layers.push(LayerTrace {
-                d,
-                h0,
-                c0,
-                y: out.y,
-                dropped,
-                saved,
-            });
+            layers.push(LayerTrace { d, h0, c0, y: out.y, dropped, saved });
         }
         let top = layers.last().map_or_else(Vec::new, |l| l.y.clone());
         (top, train.then(|| StackTrace { x: x.to_vec(), layers }))

@@ -64,19 +64,7 @@ fn simd_paths_match_scalar_path() {
     let cs = Case::new(7, 6, 20, 45, 99);
     let p = cs.params();
     let (base, saved) = layer::forward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, Isa::Scalar);
-    let base_g = layer::backward(
-        cs.d,
-        &p,
-        &cs.x,
-        &cs.h0,
-        &cs.c0,
-        &base.y,
-        saved,
-        &cs.dy,
-        None,
-        None,
-        Isa::Scalar,
-    );
+    let base_g = layer::backward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, &base.y, saved, &cs.dy, None, None, Isa::Scalar);
     for isa in isas().into_iter().skip(1) {
         let (out, saved) = layer::forward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, isa);
         assert_close(&format!("{isa:?} y"), &out.y, &base.y, 1e-6, 2e-6);
@@ -90,16 +78,7 @@ fn simd_paths_match_scalar_path() {
 fn reference_backward_matches_finite_differences() {
     // L = sum(y * dy) + sum(h_n * dh_n) + sum(c_n * dc_n), so dL/dy = dy etc.
     let cs = Case::new(3, 2, 3, 4, 5);
-    let g = reference::backward(
-        cs.d,
-        &cs.params(),
-        &cs.x,
-        &cs.h0,
-        &cs.c0,
-        &cs.dy,
-        Some(&cs.dh_n),
-        Some(&cs.dc_n),
-    );
+    let g = reference::backward(cs.d, &cs.params(), &cs.x, &cs.h0, &cs.c0, &cs.dy, Some(&cs.dh_n), Some(&cs.dc_n));
     let loss = |c: &Case| -> f64 {
         let o = reference::forward(c.d, &c.params(), &c.x, &c.h0, &c.c0);
         let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>();
@@ -141,19 +120,7 @@ fn backward_repeats_bit_for_bit() {
     let p = cs.params();
     let run = || {
         let (out, saved) = layer::forward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, Isa::detect());
-        layer::backward(
-            cs.d,
-            &p,
-            &cs.x,
-            &cs.h0,
-            &cs.c0,
-            &out.y,
-            saved,
-            &cs.dy,
-            None,
-            None,
-            Isa::detect(),
-        )
+        layer::backward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, &out.y, saved, &cs.dy, None, None, Isa::detect())
     };
     let (a, b) = (run(), run());
     let pairs = [
@@ -164,9 +131,6 @@ fn backward_repeats_bit_for_bit() {
     ];
     for (name, x, y) in pairs {
         let bad = x.iter().zip(y.iter()).position(|(u, v)| u.to_bits() != v.to_bits());
-        assert!(
-            bad.is_none(),
-            "{name} differs between two identical runs at index {bad:?}"
-        );
+        assert!(bad.is_none(), "{name} differs between two identical runs at index {bad:?}");
     }
 }

@@ -19,16 +19,12 @@ fn leaves(cs: &Case) -> Vec<Tensor> {
         (&cs.h0, vec![b, h]),
         (&cs.c0, vec![b, h]),
     ];
-    data.into_iter()
-        .map(|(v, s)| Tensor::param(v.clone(), &s).expect("shape fits"))
-        .collect()
+    data.into_iter().map(|(v, s)| Tensor::param(v.clone(), &s).expect("shape fits")).collect()
 }
 
 /// The LSTM step by step from autograd ops (gate order i, f, g, o), W_hh multiplied by `mask`.
 fn composed(p: &[Tensor], mask: Option<&Tensor>) -> Result<Tensor> {
-    let [x, w_ih, w_hh, b_ih, b_hh, h0, c0] = p else {
-        unreachable!("seven leaves")
-    };
+    let [x, w_ih, w_hh, b_ih, b_hh, h0, c0] = p else { unreachable!("seven leaves") };
     let (tn, bn, inp, hn) = (x.dim(0), x.dim(1), x.dim(2), h0.dim(1));
     let w_hh = match mask {
         Some(m) => w_hh.mul(m)?,
@@ -38,18 +34,9 @@ fn composed(p: &[Tensor], mask: Option<&Tensor>) -> Result<Tensor> {
     let mut ys = Vec::new();
     for t in 0..tn {
         let xt = x.narrow(0, t, 1)?.reshape(&[bn, inp])?;
-        let z = xt
-            .matmul_t(w_ih, false, true)?
-            .add(&h.matmul_t(&w_hh, false, true)?)?
-            .add(b_ih)?
-            .add(b_hh)?;
+        let z = xt.matmul_t(w_ih, false, true)?.add(&h.matmul_t(&w_hh, false, true)?)?.add(b_ih)?.add(b_hh)?;
         let gate = |k: usize| z.narrow(1, k * hn, hn);
-        let (i, f, g, o) = (
-            gate(0)?.sigmoid(),
-            gate(1)?.sigmoid(),
-            gate(2)?.tanh(),
-            gate(3)?.sigmoid(),
-        );
+        let (i, f, g, o) = (gate(0)?.sigmoid(), gate(1)?.sigmoid(), gate(2)?.tanh(), gate(3)?.sigmoid());
         c = f.mul(&c)?.add(&i.mul(&g)?)?;
         h = o.mul(&c.tanh())?;
         ys.push(h.reshape(&[1, bn, hn])?);
@@ -70,18 +57,13 @@ fn check(cs: &Case, drop: Option<DropMask>) -> Result<()> {
     let want_y = composed(&want_p, mask.as_ref())?;
     want_y.mul(&dy)?.sum_all()?.backward()?;
     let got_p = leaves(cs);
-    let [x, w_ih, w_hh, b_ih, b_hh, h0, c0] = &got_p[..] else {
-        unreachable!("seven leaves")
-    };
+    let [x, w_ih, w_hh, b_ih, b_hh, h0, c0] = &got_p[..] else { unreachable!("seven leaves") };
     let got = op::lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, drop)?;
     got.y.mul(&dy)?.sum_all()?.backward()?;
     assert_close(&format!("{what} y"), &got.y.to_vec(), &want_y.to_vec(), 1e-6, 1e-5);
     let names = ["dx", "dw_ih", "dw_hh", "db_ih", "db_hh", "dh0", "dc0"];
     for ((name, g), w) in names.iter().zip(&got_p).zip(&want_p) {
-        let (g, w) = (
-            g.grad().expect("fused grad").to_vec(),
-            w.grad().expect("composed grad").to_vec(),
-        );
+        let (g, w) = (g.grad().expect("fused grad").to_vec(), w.grad().expect("composed grad").to_vec());
         let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         assert_close(&format!("{what} {name}"), &g, &w, 1e-5 * scale, 1e-5);
     }

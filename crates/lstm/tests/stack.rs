@@ -31,25 +31,15 @@ fn stack_matches_reference_across_two_calls_with_dropconnect() {
     let sizes = [6, 17, 9, 5];
     let mut s = LstmStack::new(&sizes, 3);
     s.weight_p = 0.3;
-    let x: Vec<f32> = (0..t * b * sizes[0])
-        .map(|k| (k * 31 % 17) as f32 / 8.0 - 1.0)
-        .collect();
+    let x: Vec<f32> = (0..t * b * sizes[0]).map(|k| (k * 31 % 17) as f32 / 8.0 - 1.0).collect();
     let dy: Vec<f32> = (0..t * b * 5).map(|k| (k * 7 % 13) as f32 / 6.0 - 1.0).collect();
-    let mut state: Vec<(Vec<f32>, Vec<f32>)> = s
-        .layers
-        .iter()
-        .map(|l| (vec![0.0; b * l.h], vec![0.0; b * l.h]))
-        .collect();
+    let mut state: Vec<(Vec<f32>, Vec<f32>)> =
+        s.layers.iter().map(|l| (vec![0.0; b * l.h], vec![0.0; b * l.h])).collect();
     for call in 0..2u64 {
         let seed = 100 + call;
         let (y, trace) = s.forward(&x, t, b, true, seed);
         // The masks the stack drew: layer l uses DropMask { p, seed ^ (l << 32) }.
-        let masks: Vec<DropMask> = (0..3)
-            .map(|l| DropMask {
-                p: 0.3,
-                seed: seed ^ ((l as u64) << 32),
-            })
-            .collect();
+        let masks: Vec<DropMask> = (0..3).map(|l| DropMask { p: 0.3, seed: seed ^ ((l as u64) << 32) }).collect();
         let w_hh: Vec<Vec<f32>> = s
             .layers
             .iter()
@@ -64,10 +54,7 @@ fn stack_matches_reference_across_two_calls_with_dropconnect() {
             m.iter().zip(&w.w_hh).filter(|(a, b)| **a == 0.0 && **b != 0.0).count() as f32 / m.len() as f32
         });
         for (l, frac) in dropped.enumerate() {
-            assert!(
-                (0.15..0.45).contains(&frac),
-                "layer {l}: dropped fraction {frac}, expected about 0.3"
-            );
+            assert!((0.15..0.45).contains(&frac), "layer {l}: dropped fraction {frac}, expected about 0.3");
         }
         let want = reference_stack(&s, &w_hh, &x, t, b, &state);
         assert_close(&format!("call {call} top y"), &y, &want[2].1.y, 1e-6, 1e-5);
@@ -114,20 +101,8 @@ fn stack_matches_reference_across_two_calls_with_dropconnect() {
         // The next call starts from this call's final state.
         state = want.iter().map(|(_, o)| (o.h_n.clone(), o.c_n.clone())).collect();
         for (l, (h, c)) in state.iter().enumerate() {
-            assert_close(
-                &format!("call {call} layer {l} carried h"),
-                &s.state[l].0,
-                h,
-                1e-6,
-                1e-5,
-            );
-            assert_close(
-                &format!("call {call} layer {l} carried c"),
-                &s.state[l].1,
-                c,
-                1e-6,
-                1e-5,
-            );
+            assert_close(&format!("call {call} layer {l} carried h"), &s.state[l].0, h, 1e-6, 1e-5);
+            assert_close(&format!("call {call} layer {l} carried c"), &s.state[l].1, c, 1e-6, 1e-5);
         }
     }
 }

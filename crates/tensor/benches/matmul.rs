@@ -31,9 +31,28 @@ fn raw_sgemm(a: &[f32], b: &[f32], c: &mut [f32], (m, k, n): (usize, usize, usiz
             let c_ptr = c.as_mut_ptr() as usize;
             let run = move || unsafe {
                 // SAFETY: panel p writes columns lo..lo+cols of C only; panels are disjoint.
-                matrixmultiply::sgemm(m, k, cols, 1.0, a.as_ptr(), k as isize, 1, b.as_ptr().add(lo), n as isize, 1, 0.0, (c_ptr as *mut f32).add(lo), n as isize, 1)
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    cols,
+                    1.0,
+                    a.as_ptr(),
+                    k as isize,
+                    1,
+                    b.as_ptr().add(lo),
+                    n as isize,
+                    1,
+                    0.0,
+                    (c_ptr as *mut f32).add(lo),
+                    n as isize,
+                    1,
+                )
             };
-            if p + 1 == n.div_ceil(panel) { run() } else { s.spawn(run); }
+            if p + 1 == n.div_ceil(panel) {
+                run()
+            } else {
+                s.spawn(run);
+            }
         }
     });
 }
@@ -53,6 +72,13 @@ fn main() {
         let split = median_secs(repeats, || raw_sgemm(&av, &bv, &mut c, (m, k, n), threads));
         let ours = median_secs(repeats, || drop(a.matmul(&b).unwrap()));
         let gf = |s: f64| flops / s / 1e9;
-        println!("{:<18} {:>12.1} {:>14.1} {:>10.1} {:>9.3}", format!("{m}x{k}x{n}"), gf(one), gf(split), gf(ours), one.min(split) / ours);
+        println!(
+            "{:<18} {:>12.1} {:>14.1} {:>10.1} {:>9.3}",
+            format!("{m}x{k}x{n}"),
+            gf(one),
+            gf(split),
+            gf(ours),
+            one.min(split) / ours
+        );
     }
 }

@@ -23,14 +23,7 @@ struct Shape {
 
 /// A shape row of the table below.
 const fn shape(name: &'static str, m: usize, k: usize, n: usize, a_t: bool, b_t: bool) -> Shape {
-    Shape {
-        name,
-        m,
-        k,
-        n,
-        a_t,
-        b_t,
-    }
+    Shape { name, m, k, n, a_t, b_t }
 }
 
 const SHAPES: &[Shape] = &[
@@ -50,9 +43,7 @@ const SHAPES: &[Shape] = &[
 
 /// Deterministic values in [-1, 1].
 fn fill(len: usize, seed: usize) -> Vec<f32> {
-    (0..len)
-        .map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 / 1001.0) - 1.0)
-        .collect()
+    (0..len).map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 / 1001.0) - 1.0).collect()
 }
 
 /// Seconds per call of each of `fs`, timed in interleaved rounds (so all see the same
@@ -86,32 +77,14 @@ fn median_seconds(fs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
 }
 
 fn main() {
-    let filter = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with("--"))
-        .unwrap_or_default();
-    println!(
-        "threads: {}, avx512f: {}",
-        rayon::current_num_threads(),
-        is_x86_feature_detected!("avx512f")
-    );
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with("--")).unwrap_or_default();
+    println!("threads: {}, avx512f: {}", rayon::current_num_threads(), is_x86_feature_detected!("avx512f"));
     println!("GFLOP/s, median of 9 interleaved rounds; packed: B packed once; gemm: packs B per call; mm: matrixmultiply split over threads");
-    println!(
-        "{:<34} {:>15} {:>8} {:>8} {:>8} {:>9}",
-        "shape", "MxKxN", "packed", "gemm", "mm", "packed/mm"
-    );
+    println!("{:<34} {:>15} {:>8} {:>8} {:>8} {:>9}", "shape", "MxKxN", "packed", "gemm", "mm", "packed/mm");
     for s in SHAPES.iter().filter(|s| s.name.contains(&filter)) {
         let (a_buf, b_buf) = (fill(s.m * s.k, 1), fill(s.k * s.n, 2));
-        let a = if s.a_t {
-            MatRef::new(&a_buf, s.k, s.m).t()
-        } else {
-            MatRef::new(&a_buf, s.m, s.k)
-        };
-        let b = if s.b_t {
-            MatRef::new(&b_buf, s.n, s.k).t()
-        } else {
-            MatRef::new(&b_buf, s.k, s.n)
-        };
+        let a = if s.a_t { MatRef::new(&a_buf, s.k, s.m).t() } else { MatRef::new(&a_buf, s.m, s.k) };
+        let b = if s.b_t { MatRef::new(&b_buf, s.n, s.k).t() } else { MatRef::new(&b_buf, s.k, s.n) };
         let (mut c1, mut c2, mut c3) = (fill(s.m * s.n, 3), fill(s.m * s.n, 3), fill(s.m * s.n, 3));
         let packed = PackedB::pack(b);
         let secs = median_seconds(&mut [
@@ -119,10 +92,7 @@ fn main() {
             &mut || fast::gemm(1.0, a, b, 1.0, &mut c2),
             &mut || gemm::sgemm(1.0, a, b, 1.0, &mut c3),
         ]);
-        let rate: Vec<f64> = secs
-            .iter()
-            .map(|t| 2.0 * (s.m * s.k * s.n) as f64 / t / 1e9)
-            .collect();
+        let rate: Vec<f64> = secs.iter().map(|t| 2.0 * (s.m * s.k * s.n) as f64 / t / 1e9).collect();
         let dims = format!("{}x{}x{}", s.m, s.k, s.n);
         println!(
             "{:<34} {dims:>15} {:>8.1} {:>8.1} {:>8.1} {:>9.2}",

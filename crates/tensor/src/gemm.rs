@@ -37,7 +37,13 @@ impl<'a> MatRef<'a> {
     fn check(&self, what: &str) {
         if self.rows > 0 && self.cols > 0 {
             let last = (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
-            assert!(last < self.data.len(), "gemm: operand {what} [{}x{}] overruns its buffer of {}", self.rows, self.cols, self.data.len());
+            assert!(
+                last < self.data.len(),
+                "gemm: operand {what} [{}x{}] overruns its buffer of {}",
+                self.rows,
+                self.cols,
+                self.data.len()
+            );
         }
     }
 }
@@ -63,7 +69,11 @@ pub fn sgemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32]) {
 /// The portable path of `sgemm`: matrixmultiply, split into panels over rayon's threads.
 pub fn portable_sgemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32]) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ: A is [{}x{}], B is [{}x{}]", a.rows, a.cols, b.rows, b.cols);
+    assert_eq!(
+        a.cols, b.rows,
+        "gemm: inner dimensions differ: A is [{}x{}], B is [{}x{}]",
+        a.rows, a.cols, b.rows, b.cols
+    );
     assert_eq!(c.len(), m * n, "gemm: C has {} elements, expected [{m}x{n}]", c.len());
     a.check("A");
     b.check("B");
@@ -106,10 +116,20 @@ pub fn portable_sgemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32]
 /// One call into matrixmultiply; `c` points at the output's top-left, row stride `ldc`.
 unsafe fn kernel(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: *mut f32, ldc: usize) {
     matrixmultiply::sgemm(
-        a.rows, a.cols, b.cols, alpha,
-        a.data.as_ptr(), a.rs as isize, a.cs as isize,
-        b.data.as_ptr(), b.rs as isize, b.cs as isize,
-        beta, c, ldc as isize, 1,
+        a.rows,
+        a.cols,
+        b.cols,
+        alpha,
+        a.data.as_ptr(),
+        a.rs as isize,
+        a.cs as isize,
+        b.data.as_ptr(),
+        b.rs as isize,
+        b.cs as isize,
+        beta,
+        c,
+        ldc as isize,
+        1,
     );
 }
 
@@ -129,7 +149,8 @@ mod tests {
         let mut c = vec![0.0; a.rows * b.cols];
         for i in 0..a.rows {
             for j in 0..b.cols {
-                c[i * b.cols + j] = (0..a.cols).map(|p| a.data[i * a.rs + p * a.cs] * b.data[p * b.rs + j * b.cs]).sum();
+                c[i * b.cols + j] =
+                    (0..a.cols).map(|p| a.data[i * a.rs + p * a.cs] * b.data[p * b.rs + j * b.cs]).sum();
             }
         }
         c

@@ -138,7 +138,11 @@ impl Sgd {
 }
 
 fn trainable_grad(p: &Tensor) -> Option<Tensor> {
-    if p.requires_grad() { p.grad() } else { None }
+    if p.requires_grad() {
+        p.grad()
+    } else {
+        None
+    }
 }
 
 fn zero_grads(groups: &[ParamGroup]) {
@@ -174,7 +178,10 @@ mod tests {
     fn adam_first_step_matches_formula() {
         // Step 1: m_hat = g, v_hat = g^2, so w -= lr * g / (|g| + eps), after w *= 1 - lr*wd.
         let p = param_with_grad(vec![1.0, -2.0], vec![0.5, -4.0]);
-        let mut opt = Adam::new(vec![ParamGroup { params: vec![p.clone()], lr: 0.1, betas: (0.9, 0.99), weight_decay: 0.01 }], 1e-8);
+        let mut opt = Adam::new(
+            vec![ParamGroup { params: vec![p.clone()], lr: 0.1, betas: (0.9, 0.99), weight_decay: 0.01 }],
+            1e-8,
+        );
         opt.step();
         let w = p.to_vec();
         assert!((w[0] - (1.0 * 0.999 - 0.1)).abs() < 1e-6, "{w:?}");

@@ -24,7 +24,8 @@ pub(crate) fn take(len: usize) -> Vec<f32> {
         // pin a huge buffer.
         let reused = POOL.with(|p| {
             let mut p = p.borrow_mut();
-            let fit = (0..p.len()).filter(|&k| (len..=2 * len).contains(&p[k].capacity())).min_by_key(|&k| p[k].capacity());
+            let fit =
+                (0..p.len()).filter(|&k| (len..=2 * len).contains(&p[k].capacity())).min_by_key(|&k| p[k].capacity());
             fit.map(|k| p.swap_remove(k))
         });
         if let Some(mut v) = reused {

@@ -49,7 +49,12 @@ impl Drop for Node {
 static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
 
 impl Tensor {
-    fn build(data: Vec<f32>, shape: &[usize], requires_grad: bool, creator: Option<(Box<dyn Op>, Vec<Tensor>)>) -> Tensor {
+    fn build(
+        data: Vec<f32>,
+        shape: &[usize],
+        requires_grad: bool,
+        creator: Option<(Box<dyn Op>, Vec<Tensor>)>,
+    ) -> Tensor {
         debug_assert_eq!(data.len(), shape.iter().product::<usize>(), "tensor data does not fill shape {shape:?}");
         Tensor(Rc::new(Node {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),

@@ -26,7 +26,11 @@ fn check(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Result<Tensor>)
             let at = |delta: f32| {
                 let mut moved = base.clone();
                 moved[j] += delta;
-                let xs: Vec<Tensor> = inputs.iter().enumerate().map(|(i, t)| if i == k { Tensor::from_vec(moved.clone(), t.shape()).unwrap() } else { t.clone() }).collect();
+                let xs: Vec<Tensor> = inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| if i == k { Tensor::from_vec(moved.clone(), t.shape()).unwrap() } else { t.clone() })
+                    .collect();
                 no_grad(|| loss_of(&xs).item().unwrap())
             };
             let numeric = (at(EPS) - at(-EPS)) / (2.0 * EPS);
@@ -52,7 +56,9 @@ fn param_in(rng: &mut Rng, shape: &[usize], lo: f32, hi: f32) -> Tensor {
 #[test]
 fn elementwise_binary_with_broadcasting() {
     let mut r = Rng::new(1);
-    for (sa, sb) in [(vec![3, 4], vec![3, 4]), (vec![3, 4], vec![4]), (vec![2, 1, 3], vec![4, 1]), (vec![1], vec![2, 3])] {
+    for (sa, sb) in
+        [(vec![3, 4], vec![3, 4]), (vec![3, 4], vec![4]), (vec![2, 1, 3], vec![4, 1]), (vec![1], vec![2, 3])]
+    {
         let (a, b) = (param(&mut r, &sa), param(&mut r, &sb));
         check("add", &[a.clone(), b.clone()], |x| x[0].add(&x[1]));
         check("sub", &[a.clone(), b.clone()], |x| x[0].sub(&x[1]));
@@ -139,7 +145,9 @@ fn batch_norm_train_and_eval() {
     let mut r = Rng::new(6);
     let (x, g, b) = (param(&mut r, &[5, 3]), param_in(&mut r, &[3], 0.5, 1.5), param(&mut r, &[3]));
     // Fresh statistics per call so repeated forwards see the same state.
-    check("batch_norm train", &[x.clone(), g.clone(), b.clone()], |x| x[0].batch_norm_1d(&x[1], &x[2], &BatchNormStats::new(3), true));
+    check("batch_norm train", &[x.clone(), g.clone(), b.clone()], |x| {
+        x[0].batch_norm_1d(&x[1], &x[2], &BatchNormStats::new(3), true)
+    });
     let stats = BatchNormStats::new(3);
     stats.mean.data_mut().copy_from_slice(&[0.1, -0.2, 0.3]);
     stats.var.data_mut().copy_from_slice(&[0.5, 2.0, 1.0]);

@@ -15,7 +15,9 @@ use ulmfit_tensor::{no_grad, Rng, Tensor};
 const MARGIN: f32 = 0.30;
 
 fn data_dir() -> PathBuf {
-    std::env::var_os("ULMFIT_DATA").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data")))
+    std::env::var_os("ULMFIT_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data")))
 }
 
 /// (coarse label, lowercased words) per line. The files are Latin-1: each byte is a char.
@@ -48,7 +50,11 @@ fn batch(examples: &[&(Vec<u32>, u32)]) -> Batch {
             ids.push(w);
         }
     }
-    Batch { ids, averaging: Tensor::from_vec(avg, &[examples.len(), total]).unwrap(), labels: examples.iter().map(|e| e.1).collect() }
+    Batch {
+        ids,
+        averaging: Tensor::from_vec(avg, &[examples.len(), total]).unwrap(),
+        labels: examples.iter().map(|e| e.1).collect(),
+    }
 }
 
 #[test]
@@ -70,7 +76,12 @@ fn bag_of_embeddings_beats_majority_on_trec6() {
     }
     let encode = |set: &[(String, Vec<String>)]| -> Vec<(Vec<u32>, u32)> {
         set.iter()
-            .map(|(l, ws)| (ws.iter().map(|w| *vocab.get(w.as_str()).unwrap_or(&0)).collect(), classes.iter().position(|c| c == l).unwrap() as u32))
+            .map(|(l, ws)| {
+                (
+                    ws.iter().map(|w| *vocab.get(w.as_str()).unwrap_or(&0)).collect(),
+                    classes.iter().position(|c| c == l).unwrap() as u32,
+                )
+            })
             .collect()
     };
     let (train, test) = (encode(&train), encode(&test));
@@ -87,7 +98,8 @@ fn bag_of_embeddings_beats_majority_on_trec6() {
         let x = b.averaging.matmul(&emb.embedding(&b.ids).unwrap()).unwrap();
         x.linear(&w1, Some(&b1)).unwrap().relu().linear(&w2, Some(&b2)).unwrap()
     };
-    let mut opt = Adam::new(vec![ParamGroup::new(vec![emb.clone(), w1.clone(), b1.clone(), w2.clone(), b2.clone()], 3e-3)], 1e-8);
+    let mut opt =
+        Adam::new(vec![ParamGroup::new(vec![emb.clone(), w1.clone(), b1.clone(), w2.clone(), b2.clone()], 3e-3)], 1e-8);
 
     let mut order: Vec<usize> = (0..train.len()).collect();
     for _epoch in 0..8 {
@@ -108,7 +120,8 @@ fn bag_of_embeddings_beats_majority_on_trec6() {
         pred as u32 == y
     });
     let accuracy = correct.count() as f32 / test.len() as f32;
-    let majority = (0..c as u32).map(|k| test.iter().filter(|e| e.1 == k).count()).max().unwrap() as f32 / test.len() as f32;
+    let majority =
+        (0..c as u32).map(|k| test.iter().filter(|e| e.1 == k).count()).max().unwrap() as f32 / test.len() as f32;
     println!("TREC-6 test accuracy {:.1}% vs majority class {:.1}%", 100.0 * accuracy, 100.0 * majority);
     assert!(accuracy >= majority + MARGIN, "accuracy {accuracy} does not beat majority {majority} by {MARGIN}");
 }

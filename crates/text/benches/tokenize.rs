@@ -16,10 +16,7 @@ fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the ")" that closes the command name; utime and stime are the 12th and 13th.
     let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
+    let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
     if f.len() < 13 {
         return f64::NAN;
     }
@@ -35,22 +32,10 @@ fn main() {
         println!("SKIP tokenize bench: {} not found", path.display());
         return;
     }
-    let limit: usize = std::env::var("BENCH_DOCS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(usize::MAX);
-    let repeats: usize = std::env::var("BENCH_REPEATS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let limit: usize = std::env::var("BENCH_DOCS").ok().and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
+    let repeats: usize = std::env::var("BENCH_REPEATS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let imdb = load_imdb(&path).expect("load IMDb");
-    let texts: Vec<String> = imdb
-        .train
-        .into_iter()
-        .chain(imdb.test)
-        .map(|d| d.text)
-        .take(limit)
-        .collect();
+    let texts: Vec<String> = imdb.train.into_iter().chain(imdb.test).map(|d| d.text).take(limit).collect();
     let bytes: usize = texts.iter().map(String::len).sum();
     let tok = Tokenizer::new();
     let mut times = Vec::new();

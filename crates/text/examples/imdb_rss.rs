@@ -10,13 +10,9 @@ use ulmfit_text::datasets::for_each_imdb;
 use ulmfit_text::{Bptt, ClassifierBatches, CorpusBuilder, LmStream, Tokenizer};
 
 fn main() -> ulmfit_text::Result<()> {
-    let path = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../../shared/data/imdb/aclImdb_labeled.tar.gz")
-        });
+    let path = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/imdb/aclImdb_labeled.tar.gz")
+    });
     let tok = Tokenizer::new();
     let mut builder = CorpusBuilder::new(&tok);
     let (mut chunk, mut labels) = (Vec::new(), Vec::new());

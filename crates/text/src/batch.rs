@@ -88,20 +88,9 @@ impl<'c> LmStream<'c> {
                 before += corpus.doc_len(order[doc] as usize);
                 doc += 1;
             }
-            rows.push(Cursor {
-                doc,
-                off: p - before,
-            });
+            rows.push(Cursor { doc, off: p - before });
         }
-        Ok(LmStream {
-            corpus,
-            order,
-            rows,
-            row_len,
-            t: 0,
-            bptt,
-            rng,
-        })
+        Ok(LmStream { corpus, order, rows, row_len, t: 0, bptt, rng })
     }
 
     /// The shuffled document order of this epoch.
@@ -132,11 +121,7 @@ impl<'c> LmStream<'c> {
         match self.bptt {
             Bptt::Fixed(t) => t,
             Bptt::Random(base) => {
-                let b = if self.rng.uniform() < 0.95 {
-                    base as f64
-                } else {
-                    base as f64 / 2.0
-                };
+                let b = if self.rng.uniform() < 0.95 { base as f64 } else { base as f64 / 2.0 };
                 ((b + 5.0 * self.rng.normal()) as i64).max(5) as usize
             }
         }
@@ -164,12 +149,7 @@ impl Iterator for LmStream<'_> {
         self.t += seq_len;
         let y = xy[bs..].to_vec();
         xy.truncate(seq_len * bs);
-        Some(LmBatch {
-            x: xy,
-            y,
-            seq_len,
-            batch_size: bs,
-        })
+        Some(LmBatch { x: xy, y, seq_len, batch_size: bs })
     }
 }
 
@@ -243,14 +223,7 @@ impl<'c> ClassifierBatches<'c> {
         let lens: Vec<usize> = (0..corpus.len()).map(|d| corpus.doc_len(d)).collect();
         let mut rng = Rng::new(seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let order = sorted_order(&lens, batch_size, shuffle, &mut rng);
-        Ok(ClassifierBatches {
-            corpus,
-            labels,
-            order,
-            batch_size,
-            pad_chunk,
-            pos: 0,
-        })
+        Ok(ClassifierBatches { corpus, labels, order, batch_size, pad_chunk, pos: 0 })
     }
 }
 
@@ -261,8 +234,7 @@ impl Iterator for ClassifierBatches<'_> {
         if self.pos >= self.order.len() {
             return None;
         }
-        let docs: Vec<usize> =
-            self.order[self.pos..(self.pos + self.batch_size).min(self.order.len())].to_vec();
+        let docs: Vec<usize> = self.order[self.pos..(self.pos + self.batch_size).min(self.order.len())].to_vec();
         self.pos += docs.len();
         let bs = docs.len();
         let lengths: Vec<usize> = docs.iter().map(|&d| self.corpus.doc_len(d)).collect();
@@ -276,12 +248,6 @@ impl Iterator for ClassifierBatches<'_> {
             }
         }
         let labels = docs.iter().map(|&d| self.labels[d]).collect();
-        Some(ClassifierBatch {
-            x,
-            seq_len,
-            labels,
-            lengths,
-            docs,
-        })
+        Some(ClassifierBatch { x, seq_len, labels, lengths, docs })
     }
 }

@@ -19,9 +19,7 @@ const VERSION: u32 = 1;
 
 /// FNV-1a, 64 bit.
 fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(h, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    bytes.iter().fold(h, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
 /// Cache key of `inputs` (path, size, mtime) under `settings`.
@@ -31,11 +29,8 @@ pub fn cache_key(inputs: &[&Path], settings: &str) -> Result<String> {
     h = fnv1a(h, settings.as_bytes());
     for p in inputs {
         let meta = fs::metadata(p).map_err(io_err(p))?;
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
+        let mtime =
+            meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
         let abs = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
         h = fnv1a(h, abs.to_string_lossy().as_bytes());
         h = fnv1a(h, &meta.len().to_le_bytes());
@@ -54,11 +49,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Writes `corpus` as a flat u32 file.
 pub fn save_ids(path: &Path, corpus: &Corpus) -> Result<()> {
-    let too_big = |what: &str| TextError::Format {
-        path: path.to_path_buf(),
-        line: 0,
-        msg: format!("{what} exceed u32"),
-    };
+    let too_big =
+        |what: &str| TextError::Format { path: path.to_path_buf(), line: 0, msg: format!("{what} exceed u32") };
     let n_docs = u32::try_from(corpus.len()).map_err(|_| too_big("documents"))?;
     let n_ids = u32::try_from(corpus.ids.len()).map_err(|_| too_big("token ids"))?;
     let mut words = Vec::with_capacity(4 + corpus.offsets.len() + corpus.ids.len());
@@ -73,19 +65,14 @@ pub fn save_ids(path: &Path, corpus: &Corpus) -> Result<()> {
 
 /// Reads a file written by [`save_ids`].
 pub fn load_ids(path: &Path) -> Result<Corpus> {
-    let bad = |msg: String| TextError::Format {
-        path: path.to_path_buf(),
-        line: 0,
-        msg,
-    };
+    let bad = |msg: String| TextError::Format { path: path.to_path_buf(), line: 0, msg };
     let mut f = fs::File::open(path).map_err(io_err(path))?;
     let len = f.metadata().map_err(io_err(path))?.len() as usize;
     if len & 3 != 0 || len < 16 {
         return Err(bad(format!("{len} bytes is not a u32 id file")));
     }
     let mut words = vec![0u32; len / 4];
-    f.read_exact(bytemuck::cast_slice_mut(&mut words))
-        .map_err(io_err(path))?;
+    f.read_exact(bytemuck::cast_slice_mut(&mut words)).map_err(io_err(path))?;
     words.iter_mut().for_each(|w| *w = u32::from_le(*w));
     let (n_docs, n_ids) = (words[2] as usize, words[3] as usize);
     if words[0] != MAGIC || words[1] != VERSION || words.len() != 4 + n_docs + 1 + n_ids {
@@ -96,10 +83,7 @@ pub fn load_ids(path: &Path) -> Result<Corpus> {
         return Err(bad("document offsets are corrupt".into()));
     }
     words.drain(..5 + n_docs);
-    Ok(Corpus {
-        ids: words,
-        offsets,
-    })
+    Ok(Corpus { ids: words, offsets })
 }
 
 /// Returns the cached (vocab, corpus) for `key` in `dir`, or builds, stores and returns it.
@@ -109,10 +93,7 @@ pub fn load_or_build(
     key: &str,
     build: impl FnOnce() -> Result<(Vocab, Corpus)>,
 ) -> Result<(Vocab, Corpus, bool)> {
-    let (ids_path, vocab_path): (PathBuf, PathBuf) = (
-        dir.join(format!("{key}.ids")),
-        dir.join(format!("{key}.vocab")),
-    );
+    let (ids_path, vocab_path): (PathBuf, PathBuf) = (dir.join(format!("{key}.ids")), dir.join(format!("{key}.vocab")));
     if ids_path.exists() && vocab_path.exists() {
         if let (Ok(v), Ok(c)) = (Vocab::load(&vocab_path), load_ids(&ids_path)) {
             return Ok((v, c, true));

@@ -26,10 +26,7 @@ pub(crate) fn in_ranges(c: char, table: &[(u32, u32)]) -> bool {
 #[inline]
 pub(crate) fn is_space(c: char) -> bool {
     if c.is_ascii() {
-        matches!(
-            c,
-            ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c' | '\x1c'..='\x1f'
-        )
+        matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c' | '\x1c'..='\x1f')
     } else {
         in_ranges(c, t::PY_SPACE)
     }

@@ -24,10 +24,7 @@ pub struct Corpus {
 impl Corpus {
     /// Builds a corpus from per-document id lists.
     pub fn from_docs(docs: &[Vec<u32>]) -> Corpus {
-        let mut c = Corpus {
-            ids: Vec::new(),
-            offsets: vec![0],
-        };
+        let mut c = Corpus { ids: Vec::new(), offsets: vec![0] };
         for d in docs {
             c.push_doc(d);
         }
@@ -72,10 +69,7 @@ struct Tokens {
 
 impl Tokens {
     fn of(tok: &Tokenizer, doc: &str) -> Tokens {
-        let mut t = Tokens {
-            text: String::with_capacity(doc.len() + 64),
-            ends: Vec::new(),
-        };
+        let mut t = Tokens { text: String::with_capacity(doc.len() + 64), ends: Vec::new() };
         tok.tokenize_with(doc, |s| {
             t.text.push_str(s);
             t.ends.push(t.text.len() as u32);
@@ -85,9 +79,7 @@ impl Tokens {
 
     fn iter(&self) -> impl Iterator<Item = &str> {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts
-            .zip(self.ends.iter())
-            .map(|(a, &b)| &self.text[a as usize..b as usize])
+        starts.zip(self.ends.iter()).map(|(a, &b)| &self.text[a as usize..b as usize])
     }
 }
 
@@ -103,20 +95,12 @@ pub struct CorpusBuilder<'t> {
 impl<'t> CorpusBuilder<'t> {
     /// An empty builder using `tok`.
     pub fn new(tok: &'t Tokenizer) -> Self {
-        CorpusBuilder {
-            tok,
-            index: HashMap::default(),
-            counts: Vec::new(),
-            corpus: Corpus::from_docs(&[]),
-        }
+        CorpusBuilder { tok, index: HashMap::default(), counts: Vec::new(), corpus: Corpus::from_docs(&[]) }
     }
 
     /// Tokenises `texts` in parallel and appends them (in order).
     pub fn add<S: AsRef<str> + Sync>(&mut self, texts: &[S]) {
-        let toks: Vec<Tokens> = texts
-            .par_iter()
-            .map(|t| Tokens::of(self.tok, t.as_ref()))
-            .collect();
+        let toks: Vec<Tokens> = texts.par_iter().map(|t| Tokens::of(self.tok, t.as_ref())).collect();
         for doc in toks {
             for t in doc.iter() {
                 let id = match self.index.get(t) {
@@ -156,10 +140,7 @@ impl<'t> CorpusBuilder<'t> {
     pub fn finish_with(self, vocab: &Vocab) -> Corpus {
         let remap: Vec<u32> = self.counts.iter().map(|(t, _)| vocab.id(t)).collect();
         let mut corpus = self.corpus;
-        corpus
-            .ids
-            .par_iter_mut()
-            .for_each(|id| *id = remap[*id as usize]);
+        corpus.ids.par_iter_mut().for_each(|id| *id = remap[*id as usize]);
         corpus
     }
 }

@@ -56,10 +56,7 @@ pub fn parse(data: &str, delimiter: char, quoting: bool, path: &Path) -> Result<
             '\r' if chars.peek() == Some(&'\n') => {}
             '\n' => {
                 fields.push(std::mem::take(&mut field));
-                records.push(Record {
-                    fields: std::mem::take(&mut fields),
-                    line: start_line,
-                });
+                records.push(Record { fields: std::mem::take(&mut fields), line: start_line });
                 line += 1;
                 start_line = line;
                 at_field_start = true;
@@ -72,10 +69,7 @@ pub fn parse(data: &str, delimiter: char, quoting: bool, path: &Path) -> Result<
     }
     if !at_field_start || !field.is_empty() || !fields.is_empty() {
         fields.push(field);
-        records.push(Record {
-            fields,
-            line: start_line,
-        });
+        records.push(Record { fields, line: start_line });
     }
     Ok(records)
 }

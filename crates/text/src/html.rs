@@ -8,17 +8,14 @@ use crate::en_tables::HTML5_ENTITIES;
 
 /// Windows-1252 meanings of the C1 references `&#128;`..`&#159;` (CPython `_invalid_charrefs`).
 const CP1252: [char; 32] = [
-    '\u{20ac}', '\u{81}', '\u{201a}', '\u{192}', '\u{201e}', '\u{2026}', '\u{2020}', '\u{2021}',
-    '\u{2c6}', '\u{2030}', '\u{160}', '\u{2039}', '\u{152}', '\u{8d}', '\u{17d}', '\u{8f}',
-    '\u{90}', '\u{2018}', '\u{2019}', '\u{201c}', '\u{201d}', '\u{2022}', '\u{2013}', '\u{2014}',
-    '\u{2dc}', '\u{2122}', '\u{161}', '\u{203a}', '\u{153}', '\u{9d}', '\u{17e}', '\u{178}',
+    '\u{20ac}', '\u{81}', '\u{201a}', '\u{192}', '\u{201e}', '\u{2026}', '\u{2020}', '\u{2021}', '\u{2c6}', '\u{2030}',
+    '\u{160}', '\u{2039}', '\u{152}', '\u{8d}', '\u{17d}', '\u{8f}', '\u{90}', '\u{2018}', '\u{2019}', '\u{201c}',
+    '\u{201d}', '\u{2022}', '\u{2013}', '\u{2014}', '\u{2dc}', '\u{2122}', '\u{161}', '\u{203a}', '\u{153}', '\u{9d}',
+    '\u{17e}', '\u{178}',
 ];
 
 fn entity(name: &str) -> Option<&'static str> {
-    HTML5_ENTITIES
-        .binary_search_by(|(n, _)| (*n).cmp(name))
-        .ok()
-        .map(|i| HTML5_ENTITIES[i].1)
+    HTML5_ENTITIES.binary_search_by(|(n, _)| (*n).cmp(name)).ok().map(|i| HTML5_ENTITIES[i].1)
 }
 
 /// Text of the numeric reference `num` (CPython `_replace_charref`, numeric branch).
@@ -42,16 +39,7 @@ fn numeric(rest: &str) -> Option<(u64, usize)> {
         Some(b'x' | b'X') => (true, 2),
         _ => (false, 1),
     };
-    let digits = b[start..]
-        .iter()
-        .take_while(|d| {
-            if hex {
-                d.is_ascii_hexdigit()
-            } else {
-                d.is_ascii_digit()
-            }
-        })
-        .count();
+    let digits = b[start..].iter().take_while(|d| if hex { d.is_ascii_hexdigit() } else { d.is_ascii_digit() }).count();
     if digits == 0 {
         return None;
     }
@@ -112,11 +100,7 @@ pub fn unescape(s: &str) -> String {
         }
         // Longest known prefix of at least 2 chars, shorter than the whole name.
         let bounds: Vec<usize> = name.char_indices().map(|(i, _)| i).skip(2).collect();
-        match bounds
-            .iter()
-            .rev()
-            .find_map(|&x| entity(&name[..x]).map(|t| (x, t)))
-        {
+        match bounds.iter().rev().find_map(|&x| entity(&name[..x]).map(|t| (x, t))) {
             Some((x, text)) => {
                 out.push_str(text);
                 out.push_str(&name[x..]);

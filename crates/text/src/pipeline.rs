@@ -42,19 +42,10 @@ pub fn load_any(path: &Path, text_col: &str, label_col: Option<&str>) -> Result<
         return datasets::load_csv(path, &opts);
     }
     let text = crate::error::read_utf8(path)?;
-    let docs: Vec<Document> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| Document {
-            text: l.to_string(),
-            label: None,
-        })
-        .collect();
+    let docs: Vec<Document> =
+        text.lines().filter(|l| !l.trim().is_empty()).map(|l| Document { text: l.to_string(), label: None }).collect();
     if docs.is_empty() {
-        return Err(crate::TextError::Empty {
-            path: path.to_path_buf(),
-            what: "empty dataset: no lines".into(),
-        });
+        return Err(crate::TextError::Empty { path: path.to_path_buf(), what: "empty dataset: no lines".into() });
     }
     Ok(docs)
 }
@@ -65,10 +56,8 @@ pub fn progress_bar(n: u64, min: u64, what: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(n);
-    let style = ProgressStyle::with_template(
-        "{msg} {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}]",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}]")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar.set_message(what.to_string());
     bar
@@ -76,12 +65,7 @@ pub fn progress_bar(n: u64, min: u64, what: &str) -> ProgressBar {
 
 /// Tokenises and numericalises `docs` in chunks (progress bar above 5,000 documents), building
 /// the vocabulary with fastai's rules.
-pub fn build_corpus(
-    docs: &[Document],
-    tok: &Tokenizer,
-    max_vocab: usize,
-    min_freq: usize,
-) -> (Vocab, Corpus) {
+pub fn build_corpus(docs: &[Document], tok: &Tokenizer, max_vocab: usize, min_freq: usize) -> (Vocab, Corpus) {
     let bar = progress_bar(docs.len() as u64, 5000, "tokenizing");
     let mut b = CorpusBuilder::new(tok);
     for chunk in docs.chunks(2000) {
@@ -106,8 +90,7 @@ pub fn download_with_progress(
                 b.finish();
             }
             let b = ProgressBar::new(total.unwrap_or(0));
-            if let Ok(style) = ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes}")
-            {
+            if let Ok(style) = ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes}") {
                 b.set_style(style);
             }
             b.set_message(url.rsplit('/').next().unwrap_or(url).to_string());

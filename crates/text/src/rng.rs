@@ -70,10 +70,7 @@ mod tests {
         for _ in 0..70_000 {
             counts[r.below(7)] += 1;
         }
-        assert!(
-            counts.iter().all(|&c| (9_500..10_500).contains(&c)),
-            "below(7) counts {counts:?}"
-        );
+        assert!(counts.iter().all(|&c| (9_500..10_500).contains(&c)), "below(7) counts {counts:?}");
         let mean = (0..20_000).map(|_| r.normal()).sum::<f64>() / 20_000.0;
         assert!(mean.abs() < 0.03, "normal mean {mean}");
     }

@@ -10,9 +10,7 @@ use crate::chars::{is_space, is_word};
 use crate::html;
 
 /// Special tokens in fastai's vocabulary order.
-pub const SPECIAL_TOKENS: [&str; 9] = [
-    "xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj",
-];
+pub const SPECIAL_TOKENS: [&str; 9] = ["xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj"];
 
 /// fastai `fix_html`: literal replacements of messy HTML, then `html.unescape`.
 pub fn fix_html(x: &str) -> String {
@@ -63,9 +61,7 @@ pub fn replace_rep(t: &str) -> String {
 
 /// Length in bytes of the run of chars at the start of `s` satisfying `f`.
 fn run_len(s: &str, f: impl Fn(char) -> bool) -> usize {
-    s.char_indices()
-        .find(|&(_, c)| !f(c))
-        .map_or(s.len(), |(i, _)| i)
+    s.char_indices().find(|&(_, c)| !f(c)).map_or(s.len(), |(i, _)| i)
 }
 
 /// Tries fastai's `(?:\s|^)(\w+)\s+((?:\1\s+)+)\1(\s|\W|$)` at byte `p` of `t`.
@@ -213,11 +209,7 @@ pub fn replace_all_caps(t: &str) -> String {
         if w.bytes().any(|b| b.is_ascii_lowercase()) {
             return None;
         }
-        let tag = if w.chars().nth(1).is_some() {
-            "xxup "
-        } else {
-            ""
-        };
+        let tag = if w.chars().nth(1).is_some() { "xxup " } else { "" };
         Some(format!("{tag}{}", w.to_lowercase()))
     })
 }
@@ -228,11 +220,7 @@ pub fn replace_maj(t: &str) -> String {
         if w.as_bytes()[1..].iter().any(|b| b.is_ascii_uppercase()) {
             return None;
         }
-        let tag = if w.chars().nth(1).is_some() {
-            "xxmaj "
-        } else {
-            ""
-        };
+        let tag = if w.chars().nth(1).is_some() { "xxmaj " } else { "" };
         Some(format!("{tag}{}", w.to_lowercase()))
     })
 }
@@ -264,30 +252,14 @@ mod tests {
         // Expected values printed by fastai.text.core's rules (fastai 2.8).
         type Rule = fn(&str) -> String;
         let cases: [(Rule, &str, &str); 12] = [
-            (
-                replace_rep,
-                "I'm so excited!!!!!!!!",
-                "I'm so excited xxrep 8 ! ",
-            ),
+            (replace_rep, "I'm so excited!!!!!!!!", "I'm so excited xxrep 8 ! "),
             (replace_rep, "aa bbb", "aa  xxrep 3 b "),
-            (
-                replace_wrep,
-                "I'm so so so so so excited",
-                "I'm xxwrep 5 so  excited",
-            ),
+            (replace_wrep, "I'm so so so so so excited", "I'm xxwrep 5 so  excited"),
             (replace_wrep, "a a a b b b", " xxwrep 3 a  b b b"),
             (replace_wrep, "go go go-", " xxwrep 3 go -"),
             (replace_wrep, "the the theory", "the the theory"),
-            (
-                replace_all_caps,
-                "I'M SHOUTING here A",
-                "xxup i'm xxup shouting here a",
-            ),
-            (
-                replace_maj,
-                "My name is Jeremy",
-                "xxmaj my name is xxmaj jeremy",
-            ),
+            (replace_all_caps, "I'M SHOUTING here A", "xxup i'm xxup shouting here a"),
+            (replace_maj, "My name is Jeremy", "xxmaj my name is xxmaj jeremy"),
             (spec_add_spaces, "#fastai/x\\y", " # fastai / x \\ y"),
             (rm_useless_spaces, "a   b \n  c", "a b \n c"),
             (fix_html, "a<br />b &amp; c...", "a\nb && c \u{2026}"),

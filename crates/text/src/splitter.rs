@@ -98,11 +98,7 @@ impl Splitter {
         out.extend(prefixes);
         if !rest.is_empty() {
             // `rest` is the whole chunk when nothing was stripped: known not to be special.
-            let special = if rest.len() == s.len() {
-                None
-            } else {
-                self.specials.get(rest)
-            };
+            let special = if rest.len() == s.len() { None } else { self.specials.get(rest) };
             if let Some(toks) = special {
                 out.extend(toks.iter().copied());
             } else if url_match(rest) {
@@ -116,12 +112,7 @@ impl Splitter {
 
     /// spaCy `_split_affixes`: strips prefixes and suffixes until nothing changes or a special
     /// case remains. Returns what is left in the middle.
-    fn split_affixes<'a>(
-        &self,
-        mut s: &'a str,
-        prefixes: &mut Vec<&'a str>,
-        suffixes: &mut Vec<&'a str>,
-    ) -> &'a str {
+    fn split_affixes<'a>(&self, mut s: &'a str, prefixes: &mut Vec<&'a str>, suffixes: &mut Vec<&'a str>) -> &'a str {
         let (mut last_len, whole) = (usize::MAX, s.len());
         while !s.is_empty() && s.len() != last_len {
             // The caller already looked the whole chunk up.
@@ -228,10 +219,7 @@ fn find_prefix(s: &str) -> usize {
             _ => 1,
         },
         _ if is_prefix_char(c) => c.len_utf8(),
-        _ => ["US$", "C$", "A$"]
-            .iter()
-            .find(|p| s.starts_with(**p))
-            .map_or(0, |p| p.len()),
+        _ => ["US$", "C$", "A$"].iter().find(|p| s.starts_with(**p)).map_or(0, |p| p.len()),
     }
 }
 
@@ -351,24 +339,12 @@ mod tests {
         // Expected tokens from spacy.blank("en") (spaCy 3.8) on lowercased text.
         let cases: [(&str, &[&str]); 11] = [
             ("don't stop", &["do", "n't", "stop"]),
-            (
-                "it's (really) good.",
-                &["it", "'s", "(", "really", ")", "good", "."],
-            ),
-            (
-                "10km well-known e.g. 5$",
-                &["10", "km", "well", "-", "known", "e.g.", "5", "$"],
-            ),
-            (
-                "visit www.imdb.com/title now",
-                &["visit", "www.imdb.com/title", "now"],
-            ),
+            ("it's (really) good.", &["it", "'s", "(", "really", ")", "good", "."]),
+            ("10km well-known e.g. 5$", &["10", "km", "well", "-", "known", "e.g.", "5", "$"]),
+            ("visit www.imdb.com/title now", &["visit", "www.imdb.com/title", "now"]),
             ("a  b\n\nc", &["a", " ", "b", "\n\n", "c"]),
             ("hello,world :) ..", &["hello", ",", "world", ":)", ".."]),
-            (
-                "1-2 3+4 x/y",
-                &["1", "-", "2", "3", "+", "4", "x", "/", "y"],
-            ),
+            ("1-2 3+4 x/y", &["1", "-", "2", "3", "+", "4", "x", "/", "y"]),
             ("can't", &["ca", "n't"]),
             ("\"yes!\"", &["\"", "yes", "!", "\""]),
             ("film.the end", &["film.the", "end"]),

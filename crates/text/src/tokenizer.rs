@@ -18,9 +18,7 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// A tokenizer with fastai's default rules and spaCy English's special cases.
     pub fn new() -> Self {
-        Tokenizer {
-            splitter: Splitter::new(),
-        }
+        Tokenizer { splitter: Splitter::new() }
     }
 
     /// Tokenizes one document; the first token is `xxbos`, as in fastai.
@@ -46,9 +44,6 @@ impl Tokenizer {
 
     /// Tokenizes many documents in parallel (rayon), keeping their order.
     pub fn tokenize_batch<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Vec<Vec<String>> {
-        texts
-            .par_iter()
-            .map(|t| self.tokenize(t.as_ref()))
-            .collect()
+        texts.par_iter().map(|t| self.tokenize(t.as_ref())).collect()
     }
 }

@@ -17,9 +17,7 @@ pub(crate) fn url_match(s: &str) -> bool {
         let scheme = &s[..colon];
         if s[colon..].starts_with("://")
             && scheme.chars().count() >= 2
-            && scheme
-                .chars()
-                .all(|c| is_word(c) || matches!(c, '+' | '-' | '.'))
+            && scheme.chars().all(|c| is_word(c) || matches!(c, '+' | '-' | '.'))
             && after_scheme(&s[colon + 3..])
         {
             return true;
@@ -33,9 +31,7 @@ fn after_scheme(r: &str) -> bool {
     if host_port_path(r) {
         return true;
     }
-    r.char_indices()
-        .filter(|&(i, c)| c == '@' && i > 0)
-        .any(|(i, _)| host_port_path(&r[i + 1..]))
+    r.char_indices().filter(|&(i, c)| c == '@' && i > 0).any(|(i, _)| host_port_path(&r[i + 1..]))
 }
 
 fn host_port_path(t: &str) -> bool {
@@ -95,11 +91,8 @@ fn ipv4(h: &str) -> bool {
     };
     let last_ok = no_lead_zero(parts[3]) && (1..=254).contains(&v(parts[3]));
     let (a, b) = (v(parts[0]), v(parts[1]));
-    let private = a == 10
-        || a == 127
-        || (a == 169 && b == 254)
-        || (a == 192 && b == 168)
-        || (a == 172 && (16..=31).contains(&b));
+    let private =
+        a == 10 || a == 127 || (a == 169 && b == 254) || (a == 192 && b == 168) || (a == 172 && (16..=31).contains(&b));
     first_ok && mid_ok(parts[1]) && mid_ok(parts[2]) && last_ok && !private
 }
 

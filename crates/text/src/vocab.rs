@@ -26,11 +26,7 @@ pub struct Vocab {
 
 impl Vocab {
     /// fastai `make_vocab` from token counts given in first-occurrence order.
-    pub fn from_counts<S: AsRef<str>>(
-        counts: &[(S, usize)],
-        max_vocab: usize,
-        min_freq: usize,
-    ) -> Vocab {
+    pub fn from_counts<S: AsRef<str>>(counts: &[(S, usize)], max_vocab: usize, min_freq: usize) -> Vocab {
         let mut order: Vec<usize> = (0..counts.len()).collect();
         order.sort_by(|&a, &b| counts[b].1.cmp(&counts[a].1).then(a.cmp(&b)));
         let mut itos: Vec<String> = SPECIAL_TOKENS.iter().map(|s| s.to_string()).collect();
@@ -112,9 +108,7 @@ impl Vocab {
 
     /// Tokens of ids; ids out of range decode to `xxunk`.
     pub fn decode(&self, ids: &[u32]) -> Vec<&str> {
-        ids.iter()
-            .map(|&i| self.itos.get(i as usize).map_or("xxunk", String::as_str))
-            .collect()
+        ids.iter().map(|&i| self.itos.get(i as usize).map_or("xxunk", String::as_str)).collect()
     }
 
     /// Saves one token per line (`\`, newline, CR and tab escaped as `\\`, `\n`, `\r`, `\t`).
@@ -144,10 +138,7 @@ impl Vocab {
 
 /// Escapes a token for one-per-line files.
 pub fn escape(t: &str) -> String {
-    t.replace('\\', "\\\\")
-        .replace('\n', "\\n")
-        .replace('\r', "\\r")
-        .replace('\t', "\\t")
+    t.replace('\\', "\\\\").replace('\n', "\\n").replace('\r', "\\r").replace('\t', "\\t")
 }
 
 /// Reverses [`escape`].

@@ -20,55 +20,27 @@ fn clear_errors_for_bad_files() {
     let p = |n: &str| dir.join(n);
 
     let e = err_of(load_trec(&p("missing.label")));
-    assert!(
-        e.contains("missing.label") && e.contains("No such file"),
-        "{e}"
-    );
+    assert!(e.contains("missing.label") && e.contains("No such file"), "{e}");
 
     std::fs::write(p("cols.csv"), "label,review\npos,great\n").unwrap();
-    let e = err_of(load_csv(
-        &p("cols.csv"),
-        &CsvOptions::csv("text", Some("label")),
-    ));
-    assert!(
-        e.contains("cols.csv") && e.contains("\"text\"") && e.contains("label, review"),
-        "{e}"
-    );
+    let e = err_of(load_csv(&p("cols.csv"), &CsvOptions::csv("text", Some("label"))));
+    assert!(e.contains("cols.csv") && e.contains("\"text\"") && e.contains("label, review"), "{e}");
 
     std::fs::write(p("nolabel.csv"), "label,text\npos,good\n,bad\n").unwrap();
-    let e = err_of(load_csv(
-        &p("nolabel.csv"),
-        &CsvOptions::csv("text", Some("label")),
-    ));
-    assert!(
-        e.contains("nolabel.csv:3") && e.contains("empty label"),
-        "{e}"
-    );
+    let e = err_of(load_csv(&p("nolabel.csv"), &CsvOptions::csv("text", Some("label"))));
+    assert!(e.contains("nolabel.csv:3") && e.contains("empty label"), "{e}");
 
     std::fs::write(p("empty.csv"), "label,text,is_valid\n").unwrap();
     let e = err_of(load_fastai_csv(&p("empty.csv")));
-    assert!(
-        e.contains("empty.csv") && e.contains("empty dataset"),
-        "{e}"
-    );
+    assert!(e.contains("empty.csv") && e.contains("empty dataset"), "{e}");
     std::fs::write(p("empty.label"), "\n\n").unwrap();
     assert!(err_of(load_trec(&p("empty.label"))).contains("empty dataset"));
     std::fs::create_dir_all(p("nofolders")).unwrap();
     assert!(err_of(load_folder(&p("nofolders"))).contains("empty dataset"));
 
-    std::fs::write(
-        p("utf8.csv"),
-        b"label,text\npos,fine\nneg,bad \xff byte\n".as_slice(),
-    )
-    .unwrap();
-    let e = err_of(load_csv(
-        &p("utf8.csv"),
-        &CsvOptions::csv("text", Some("label")),
-    ));
-    assert!(
-        e.contains("utf8.csv:3") && e.contains("invalid UTF-8"),
-        "{e}"
-    );
+    std::fs::write(p("utf8.csv"), b"label,text\npos,fine\nneg,bad \xff byte\n".as_slice()).unwrap();
+    let e = err_of(load_csv(&p("utf8.csv"), &CsvOptions::csv("text", Some("label"))));
+    assert!(e.contains("utf8.csv:3") && e.contains("invalid UTF-8"), "{e}");
 
     std::fs::write(p("ragged.csv"), "a,b\n1,2\n3\n").unwrap();
     let e = err_of(load_csv(&p("ragged.csv"), &CsvOptions::csv("a", None)));
@@ -80,10 +52,7 @@ fn clear_errors_for_bad_files() {
 
     std::fs::write(p("nolabel.label"), "What is this ?\n").unwrap();
     let e = err_of(load_trec(&p("nolabel.label")));
-    assert!(
-        e.contains("nolabel.label:1") && e.contains("COARSE:fine"),
-        "{e}"
-    );
+    assert!(e.contains("nolabel.label:1") && e.contains("COARSE:fine"), "{e}");
 
     std::fs::write(p("notgz.tar.gz"), "plain text").unwrap();
     assert!(err_of(load_imdb(&p("notgz.tar.gz"))).contains("notgz.tar.gz"));
@@ -136,10 +105,7 @@ fn random_bytes_never_panic() {
         let text = String::from_utf8_lossy(&random_bytes(&mut rng, 200)).into_owned();
         let toks = tok.tokenize(&text);
         assert_eq!(toks[0], "xxbos", "tokens of {text:?}");
-        assert!(
-            toks.iter().all(|t| !t.is_empty() && !t.contains(' ')),
-            "{text:?} -> {toks:?}"
-        );
+        assert!(toks.iter().all(|t| !t.is_empty() && !t.contains(' ')), "{text:?} -> {toks:?}");
     }
     let dir = common::scratch("fuzz");
     let f = dir.join("f");
@@ -147,14 +113,7 @@ fn random_bytes_never_panic() {
         std::fs::write(&f, random_bytes(&mut rng, 300)).unwrap();
         let _ = load_trec(&f);
         let _ = load_csv(&f, &CsvOptions::csv("0", Some("1")));
-        let _ = load_csv(
-            &f,
-            &CsvOptions {
-                header: false,
-                delimiter: '\t',
-                ..CsvOptions::csv("0", None)
-            },
-        );
+        let _ = load_csv(&f, &CsvOptions { header: false, delimiter: '\t', ..CsvOptions::csv("0", None) });
         let _ = load_fastai_csv(&f);
         let _ = load_lm_tokens(&f, "<eos>");
         let _ = Vocab::load(&f);

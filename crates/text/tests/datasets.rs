@@ -32,16 +32,8 @@ fn wikitext_and_ptb_token_counts() {
     }
     let train = load_lm_tokens(&data.join("wikitext-2/wiki.train.tokens"), "<eos>").unwrap();
     let types: std::collections::HashSet<&String> = train.iter().collect();
-    assert_eq!(
-        types.len(),
-        33_278,
-        "WikiText-2 train vocabulary incl. <eos>"
-    );
-    assert_eq!(
-        train.iter().filter(|t| *t == "<eos>").count(),
-        36_718,
-        "one <eos> per line"
-    );
+    assert_eq!(types.len(), 33_278, "WikiText-2 train vocabulary incl. <eos>");
+    assert_eq!(train.iter().filter(|t| *t == "<eos>").count(), 36_718, "one <eos> per line");
 }
 
 #[test]
@@ -53,17 +45,11 @@ fn trec_counts_and_latin1() {
     let test = load_trec(&data.join("trec/TREC_10.label")).unwrap();
     assert_eq!((train.len(), test.len()), (5452, 500));
     let coarse = |l: &str| trec_coarse(l).to_string();
-    let want: BTreeMap<String, usize> = [
-        ("ABBR", 86),
-        ("DESC", 1162),
-        ("ENTY", 1250),
-        ("HUM", 1223),
-        ("LOC", 835),
-        ("NUM", 896),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let want: BTreeMap<String, usize> =
+        [("ABBR", 86), ("DESC", 1162), ("ENTY", 1250), ("HUM", 1223), ("LOC", 835), ("NUM", 896)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
     assert_eq!(label_counts(&train, coarse), want);
     let test_coarse: Vec<usize> = label_counts(&test, coarse).into_values().collect();
     assert_eq!(test_coarse, [9, 138, 94, 65, 81, 113]);
@@ -71,11 +57,7 @@ fn trec_counts_and_latin1() {
     let all_fine = label_counts(&[train.clone(), test.clone()].concat(), |l| l.to_string()).len();
     assert_eq!((fine, all_fine), (50, 50), "50 fine labels");
     assert_eq!(label_counts(&test, |l| l.to_string()).len(), 42);
-    assert!(
-        train[65].text.contains("sister\u{f0}city"),
-        "line 66 byte 0xF0 read as Latin-1: {}",
-        train[65].text
-    );
+    assert!(train[65].text.contains("sister\u{f0}city"), "line 66 byte 0xF0 read as Latin-1: {}", train[65].text);
 }
 
 #[test]
@@ -100,34 +82,15 @@ fn ag_news_and_sst2_generic_csv() {
     opts.header = false;
     let ag = load_csv(&data.join("ag_news/test.csv"), &opts).unwrap();
     assert_eq!(ag.len(), 7600);
-    assert_eq!(
-        label_counts(&ag, |l| l.to_string())
-            .into_values()
-            .collect::<Vec<_>>(),
-        [1900; 4]
-    );
+    assert_eq!(label_counts(&ag, |l| l.to_string()).into_values().collect::<Vec<_>>(), [1900; 4]);
     let tsv = |f: &str| {
-        let o = CsvOptions {
-            delimiter: '\t',
-            quoting: false,
-            ..CsvOptions::csv("sentence", Some("label"))
-        };
+        let o = CsvOptions { delimiter: '\t', quoting: false, ..CsvOptions::csv("sentence", Some("label")) };
         load_csv(&data.join(f), &o).unwrap()
     };
     let (train, dev) = (tsv("sst2/train.tsv"), tsv("sst2/dev.tsv"));
     assert_eq!((train.len(), dev.len()), (67_349, 872));
-    assert_eq!(
-        label_counts(&train, |l| l.to_string())
-            .into_values()
-            .collect::<Vec<_>>(),
-        [29_780, 37_569]
-    );
-    assert_eq!(
-        label_counts(&dev, |l| l.to_string())
-            .into_values()
-            .collect::<Vec<_>>(),
-        [428, 444]
-    );
+    assert_eq!(label_counts(&train, |l| l.to_string()).into_values().collect::<Vec<_>>(), [29_780, 37_569]);
+    assert_eq!(label_counts(&dev, |l| l.to_string()).into_values().collect::<Vec<_>>(), [428, 444]);
 }
 
 #[test]
@@ -137,29 +100,18 @@ fn imdb_full_from_tar_gz() {
     };
     let imdb = load_imdb(&data.join("imdb/aclImdb_labeled.tar.gz")).unwrap();
     assert_eq!((imdb.train.len(), imdb.test.len()), (25_000, 25_000));
-    let pos = |d: &[Document]| {
-        d.iter()
-            .filter(|x| x.label.as_deref() == Some("pos"))
-            .count()
-    };
+    let pos = |d: &[Document]| d.iter().filter(|x| x.label.as_deref() == Some("pos")).count();
     assert_eq!((pos(&imdb.train), pos(&imdb.test)), (12_500, 12_500));
-    let bytes: usize = imdb
-        .train
-        .iter()
-        .chain(&imdb.test)
-        .map(|d| d.text.len())
-        .sum();
+    let bytes: usize = imdb.train.iter().chain(&imdb.test).map(|d| d.text.len()).sum();
     assert_eq!(bytes, 65_483_508, "review bytes per README");
 }
 
 #[test]
 fn folder_per_class_and_imdb_folder() {
     let dir = common::scratch("folders");
-    for (split, label, name, text) in [
-        ("train", "pos", "1_9.txt", "good"),
-        ("train", "neg", "2_1.txt", "bad"),
-        ("test", "pos", "3_8.txt", "fine"),
-    ] {
+    for (split, label, name, text) in
+        [("train", "pos", "1_9.txt", "good"), ("train", "neg", "2_1.txt", "bad"), ("test", "pos", "3_8.txt", "fine")]
+    {
         let d = dir.join("aclImdb").join(split).join(label);
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join(name), text).unwrap();
@@ -167,18 +119,7 @@ fn folder_per_class_and_imdb_folder() {
     std::fs::create_dir_all(dir.join("aclImdb/test/neg")).unwrap();
     let imdb = load_imdb(&dir.join("aclImdb")).unwrap();
     assert_eq!((imdb.train.len(), imdb.test.len()), (2, 1));
-    assert_eq!(
-        imdb.train[0],
-        Document {
-            text: "bad".into(),
-            label: Some("neg".into())
-        }
-    );
+    assert_eq!(imdb.train[0], Document { text: "bad".into(), label: Some("neg".into()) });
     let docs = load_folder(&dir.join("aclImdb/train")).unwrap();
-    assert_eq!(
-        docs.iter()
-            .map(|d| d.label.clone().unwrap())
-            .collect::<Vec<_>>(),
-        ["neg", "pos"]
-    );
+    assert_eq!(docs.iter().map(|d| d.label.clone().unwrap()).collect::<Vec<_>>(), ["neg", "pos"]);
 }

@@ -26,12 +26,7 @@ fn serve(root: PathBuf) -> String {
             while reader.read_line(&mut line).is_ok() && line != "\r\n" && !line.is_empty() {
                 line.clear();
             }
-            let path = request
-                .split(' ')
-                .nth(1)
-                .unwrap_or("/")
-                .trim_start_matches('/')
-                .to_string();
+            let path = request.split(' ').nth(1).unwrap_or("/").trim_start_matches('/').to_string();
             let (corrupt, rel) = match path.strip_prefix("corrupt/") {
                 Some(rest) => (true, rest.to_string()),
                 None => (false, path),
@@ -41,16 +36,13 @@ fn serve(root: PathBuf) -> String {
                     if corrupt && !body.is_empty() {
                         body[0] ^= 1;
                     }
-                    let mut r = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    )
-                    .into_bytes();
+                    let mut r =
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
+                            .into_bytes();
                     r.extend(body);
                     r
                 }
-                _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_vec(),
+                _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
             };
             let _ = stream.write_all(&reply);
         }
@@ -70,50 +62,21 @@ fn downloads_all_datasets_from_loopback_mirror() {
     assert_eq!(got.len(), FILES.len());
     for (f, o) in FILES.iter().zip(&got) {
         assert_eq!(o, &Outcome::Downloaded(dest.join(f.mirror_path)));
-        let (a, b) = (
-            std::fs::read(dest.join(f.mirror_path)).unwrap(),
-            std::fs::read(data.join(f.mirror_path)).unwrap(),
-        );
+        let (a, b) =
+            (std::fs::read(dest.join(f.mirror_path)).unwrap(), std::fs::read(data.join(f.mirror_path)).unwrap());
         assert!(a == b, "{} differs from the served file", f.mirror_path);
     }
     assert!(calls >= FILES.len(), "progress reported");
     let again = download(&dest, Some(&base), Some("trec"), &mut |_, _, _| {}).unwrap();
-    assert!(
-        again.iter().all(|o| matches!(o, Outcome::Present(_))),
-        "second run skips verified files: {again:?}"
-    );
+    assert!(again.iter().all(|o| matches!(o, Outcome::Present(_))), "second run skips verified files: {again:?}");
 
     let bad = common::scratch("download-bad");
-    let e = download(
-        &bad,
-        Some(&format!("{base}/corrupt")),
-        Some("trec"),
-        &mut |_, _, _| {},
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        e.contains("SHA-256 mismatch") && e.contains("train_5500.label"),
-        "{e}"
-    );
-    assert!(
-        !bad.join("trec/train_5500.label").exists(),
-        "a bad download is not kept"
-    );
-    let e = download(
-        &bad,
-        Some(&format!("{base}/nothing-here")),
-        Some("ptb"),
-        &mut |_, _, _| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let e = download(&bad, Some(&format!("{base}/corrupt")), Some("trec"), &mut |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("SHA-256 mismatch") && e.contains("train_5500.label"), "{e}");
+    assert!(!bad.join("trec/train_5500.label").exists(), "a bad download is not kept");
+    let e =
+        download(&bad, Some(&format!("{base}/nothing-here")), Some("ptb"), &mut |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("404") && e.contains("ptb.train.txt"), "{e}");
-    let e = download(&bad, Some(&base), Some("mnist"), &mut |_, _, _| {})
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("unknown dataset") && e.contains("wikitext-2"),
-        "{e}"
-    );
+    let e = download(&bad, Some(&base), Some("mnist"), &mut |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("unknown dataset") && e.contains("wikitext-2"), "{e}");
 }

@@ -32,22 +32,15 @@ fn unescape(tok: &str) -> String {
 
 /// source -> token lists in document order.
 fn fixture() -> HashMap<String, Vec<Vec<String>>> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/fastai_tokens.txt.gz"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fastai_tokens.txt.gz");
     let file = std::fs::File::open(path).expect("fixture missing: run scripts/fastai_tokens.py");
     let mut text = String::new();
-    flate2::read::GzDecoder::new(file)
-        .read_to_string(&mut text)
-        .expect("fixture not gzip UTF-8");
+    flate2::read::GzDecoder::new(file).read_to_string(&mut text).expect("fixture not gzip UTF-8");
     let mut out: HashMap<String, Vec<Vec<String>>> = HashMap::new();
     for line in text.lines() {
         let mut f = line.splitn(3, '\t');
         let (src, _idx, toks) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap_or(""));
-        out.entry(src.to_string())
-            .or_default()
-            .push(toks.split(' ').map(unescape).collect());
+        out.entry(src.to_string()).or_default().push(toks.split(' ').map(unescape).collect());
     }
     out
 }
@@ -67,50 +60,22 @@ fn tokens_agree_with_fastai() {
     .unwrap();
     assert_eq!(train.len() + valid.len(), rows.len());
     let sources = [
-        (
-            "imdb_sample",
-            rows.into_iter().map(|d| d.text).collect::<Vec<_>>(),
-        ),
-        (
-            "trec_train",
-            load_trec(&data.join("trec/train_5500.label"))
-                .unwrap()
-                .into_iter()
-                .map(|d| d.text)
-                .collect(),
-        ),
-        (
-            "trec_test",
-            load_trec(&data.join("trec/TREC_10.label"))
-                .unwrap()
-                .into_iter()
-                .map(|d| d.text)
-                .collect(),
-        ),
+        ("imdb_sample", rows.into_iter().map(|d| d.text).collect::<Vec<_>>()),
+        ("trec_train", load_trec(&data.join("trec/train_5500.label")).unwrap().into_iter().map(|d| d.text).collect()),
+        ("trec_test", load_trec(&data.join("trec/TREC_10.label")).unwrap().into_iter().map(|d| d.text).collect()),
     ];
     let tok = Tokenizer::new();
     let mut failed = Vec::new();
     for (name, texts) in sources {
         let want = &fx[name];
-        assert_eq!(
-            texts.len(),
-            want.len(),
-            "{name}: document count differs from the fixture"
-        );
+        assert_eq!(texts.len(), want.len(), "{name}: document count differs from the fixture");
         let got = tok.tokenize_batch(&texts);
         let bad: Vec<usize> = (0..texts.len()).filter(|&i| got[i] != want[i]).collect();
         let rate = 1.0 - bad.len() as f64 / texts.len() as f64;
-        println!(
-            "{name}: {} of {} documents identical ({:.2}%)",
-            texts.len() - bad.len(),
-            texts.len(),
-            100.0 * rate
-        );
+        println!("{name}: {} of {} documents identical ({:.2}%)", texts.len() - bad.len(), texts.len(), 100.0 * rate);
         for &i in bad.iter().take(5) {
             let (g, w) = (&got[i], &want[i]);
-            let k = (0..g.len().max(w.len()))
-                .find(|&k| g.get(k) != w.get(k))
-                .unwrap();
+            let k = (0..g.len().max(w.len())).find(|&k| g.get(k) != w.get(k)).unwrap();
             let lo = k.saturating_sub(3);
             println!(
                 "  doc {i} token {k}: ours {:?} fastai {:?}",
@@ -122,8 +87,5 @@ fn tokens_agree_with_fastai() {
             failed.push(format!("{name} {:.2}%", 100.0 * rate));
         }
     }
-    assert!(
-        failed.is_empty(),
-        "agreement with fastai below 99%: {failed:?}"
-    );
+    assert!(failed.is_empty(), "agreement with fastai below 99%: {failed:?}");
 }

@@ -9,24 +9,12 @@ use ulmfit_text::vocab::unescape;
 use ulmfit_text::{CorpusBuilder, Tokenizer, Vocab};
 
 fn fixture_docs() -> Vec<Vec<String>> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/fastai_tokens.txt.gz"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fastai_tokens.txt.gz");
     let mut text = String::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
-        .read_to_string(&mut text)
-        .unwrap();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()).read_to_string(&mut text).unwrap();
     text.lines()
         .filter(|l| l.starts_with("imdb_sample\t"))
-        .map(|l| {
-            l.splitn(3, '\t')
-                .nth(2)
-                .unwrap()
-                .split(' ')
-                .map(|t| unescape(&t.replace("\\s", " ")))
-                .collect()
-        })
+        .map(|l| l.splitn(3, '\t').nth(2).unwrap().split(' ').map(|t| unescape(&t.replace("\\s", " "))).collect())
         .collect()
 }
 
@@ -39,10 +27,7 @@ fn vocab_matches_fastai_make_vocab() {
         let (settings, toks) = line.split_once('\t').unwrap();
         let mut s = settings.split(' ').map(|x| x.parse::<usize>().unwrap());
         let (max_vocab, min_freq) = (s.next().unwrap(), s.next().unwrap());
-        let want: Vec<String> = toks
-            .split(' ')
-            .map(|t| unescape(&t.replace("\\s", " ")))
-            .collect();
+        let want: Vec<String> = toks.split(' ').map(|t| unescape(&t.replace("\\s", " "))).collect();
         let got = Vocab::build(&docs, max_vocab, min_freq);
         let bad = (0..want.len().max(got.len())).find(|&i| got.itos().get(i) != want.get(i));
         assert!(
@@ -60,16 +45,9 @@ fn vocab_matches_fastai_make_vocab() {
 
 #[test]
 fn encode_decode_and_save_load() {
-    let docs = vec![vec![
-        "xxbos", "a", "a", "a", "b\n", "b\n", "b\n", "c\\d", "c\\d", "c\\d", "rare",
-    ]];
+    let docs = vec![vec!["xxbos", "a", "a", "a", "b\n", "b\n", "b\n", "c\\d", "c\\d", "c\\d", "rare"]];
     let v = Vocab::build(&docs, 60000, 3);
-    assert_eq!(
-        v.len(),
-        16,
-        "9 special + 3 tokens padded to 16: {:?}",
-        v.itos()
-    );
+    assert_eq!(v.len(), 16, "9 special + 3 tokens padded to 16: {:?}", v.itos());
     assert_eq!((v.unk_id(), v.pad_id()), (0, 1));
     let ids = v.encode(&["a", "rare", "b\n", "xxfake", "c\\d"]);
     assert_eq!(ids, [9, 0, 10, 0, 11]);
@@ -85,14 +63,8 @@ fn encode_decode_and_save_load() {
 
 #[test]
 fn corpus_builder_equals_build_then_encode() {
-    let texts: Vec<String> = (0..300)
-        .map(|i| {
-            format!(
-                "Doc {i}: THE movie was GREAT!!! {} <br />see it",
-                "really ".repeat(i % 5)
-            )
-        })
-        .collect();
+    let texts: Vec<String> =
+        (0..300).map(|i| format!("Doc {i}: THE movie was GREAT!!! {} <br />see it", "really ".repeat(i % 5))).collect();
     let tok = Tokenizer::new();
     let toks = tok.tokenize_batch(&texts);
     let vocab = Vocab::build(&toks, 60000, 3);

@@ -151,7 +151,11 @@ impl AwdLstm {
             let step = lstm(&x, &w.w_ih, &w.w_hh, &w.b_ih, &w.b_hh, &h0, &c0, drop)?;
             new_state.push((step.h_n, step.c_n));
             let y = step.y;
-            x = if train && l + 1 < n && d.hidden_p > 0.0 { y.mul(&rng.dropout_mask(&[1, b, h], d.hidden_p))? } else { y };
+            x = if train && l + 1 < n && d.hidden_p > 0.0 {
+                y.mul(&rng.dropout_mask(&[1, b, h], d.hidden_p))?
+            } else {
+                y
+            };
         }
         self.state = new_state;
         Ok(EncoderOutput { raw: x })
@@ -200,7 +204,10 @@ impl LanguageModel {
     /// A fresh model; decoder bias 0.
     pub fn new(cfg: AwdLstmConfig, rng: &mut Rng) -> Self {
         let vocab = cfg.vocab;
-        LanguageModel { encoder: AwdLstm::new(cfg, rng), decoder_bias: Tensor::param(vec![0.0; vocab], &[vocab]).expect("shape") }
+        LanguageModel {
+            encoder: AwdLstm::new(cfg, rng),
+            decoder_bias: Tensor::param(vec![0.0; vocab], &[vocab]).expect("shape"),
+        }
     }
 
     /// Logits for the next token at every position of `ids` [T, B].
@@ -222,7 +229,8 @@ impl LanguageModel {
 
     /// fastai's LM parameter groups: one per LSTM layer, then embedding + decoder.
     pub fn param_groups(&self) -> Vec<Vec<Tensor>> {
-        let mut groups: Vec<Vec<Tensor>> = (0..self.encoder.layers.len()).map(|l| self.encoder.layer_params(l)).collect();
+        let mut groups: Vec<Vec<Tensor>> =
+            (0..self.encoder.layers.len()).map(|l| self.encoder.layer_params(l)).collect();
         groups.push(vec![self.encoder.embedding.clone(), self.decoder_bias.clone()]);
         groups
     }

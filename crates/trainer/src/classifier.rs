@@ -74,7 +74,13 @@ fn concat_pool(chunks: &[Chunk], lens: &[usize], from: &[usize], e: usize) -> Re
         mean.iter_mut().for_each(|m| *m /= counts[b].max(1) as f32);
     }
     let inputs: Vec<&Tensor> = chunks.iter().map(|c| &c.out).collect();
-    let op = ConcatPool { lens: lens.to_vec(), from: from.to_vec(), starts: chunks.iter().map(|c| c.start).collect(), argmax, counts };
+    let op = ConcatPool {
+        lens: lens.to_vec(),
+        from: from.to_vec(),
+        starts: chunks.iter().map(|c| c.start).collect(),
+        argmax,
+        counts,
+    };
     Ok(Tensor::from_op(out, &[bn, 3 * e], &inputs, op))
 }
 
@@ -171,14 +177,22 @@ impl Classifier {
     pub fn new(encoder: AwdLstm, classes: usize, rng: &mut Rng) -> Self {
         let e = encoder.cfg.emb_sz;
         let p = encoder.cfg.drop.output_p;
-        Classifier { head: [HeadBlock::new(3 * e, 50, p, rng), HeadBlock::new(50, classes, 0.1, rng)], encoder, bptt: 72, max_len: 1440 }
+        Classifier {
+            head: [HeadBlock::new(3 * e, 50, p, rng), HeadBlock::new(50, classes, 0.1, rng)],
+            encoder,
+            bptt: 72,
+            max_len: 1440,
+        }
     }
 
     /// Class logits `[B, classes]` for a batch of documents sorted by decreasing length.
     pub fn forward(&mut self, batch: &DocBatch, train: bool, rng: &mut Rng) -> Result<Tensor> {
         let lens: Vec<usize> = batch.docs.iter().map(Vec::len).collect();
         if lens.windows(2).any(|w| w[0] < w[1]) || lens.last() == Some(&0) {
-            return Err(ulmfit_tensor::Error::BadArgument { op: "classifier", msg: "documents must be non-empty and sorted longest first".into() });
+            return Err(ulmfit_tensor::Error::BadArgument {
+                op: "classifier",
+                msg: "documents must be non-empty and sorted longest first".into(),
+            });
         }
         let longest = lens[0];
         let from: Vec<usize> = lens.iter().map(|l| l.saturating_sub(self.max_len)).collect();
@@ -245,11 +259,21 @@ mod tests {
         let pooled = concat_pool(&chunks, &lens, &[0, 0, 0], e).unwrap().to_vec();
         let (d0, d1) = (c0.to_vec(), c1.to_vec());
         // h(b, pos): the encoder output of document b at step pos.
-        let h = |b: usize, pos: usize, k: usize| if pos < 3 { d0[(pos * 3 + b) * e + k] } else { d1[((pos - 3) + b) * e + k] };
+        let h = |b: usize, pos: usize, k: usize| {
+            if pos < 3 {
+                d0[(pos * 3 + b) * e + k]
+            } else {
+                d1[((pos - 3) + b) * e + k]
+            }
+        };
         for b in 0..3 {
             for k in 0..e {
                 let steps: Vec<f32> = (0..lens[b]).map(|p| h(b, p, k)).collect();
-                let want = [h(b, lens[b] - 1, k), steps.iter().copied().fold(f32::MIN, f32::max), steps.iter().sum::<f32>() / steps.len() as f32];
+                let want = [
+                    h(b, lens[b] - 1, k),
+                    steps.iter().copied().fold(f32::MIN, f32::max),
+                    steps.iter().sum::<f32>() / steps.len() as f32,
+                ];
                 for (j, w) in want.iter().enumerate() {
                     let got = pooled[b * 3 * e + j * e + k];
                     assert!((got - w).abs() < 1e-6, "doc {b} part {j} feature {k}: {got} vs {w}");
@@ -282,7 +306,13 @@ mod gradient_tests {
     #[test]
     fn classifier_gradients_match_finite_differences() {
         let mut rng = Rng::new(1);
-        let cfg = AwdLstmConfig { vocab: 11, emb_sz: 4, n_hid: 5, n_layers: 2, drop: crate::config::Dropouts::lm().scaled(0.0) };
+        let cfg = AwdLstmConfig {
+            vocab: 11,
+            emb_sz: 4,
+            n_hid: 5,
+            n_layers: 2,
+            drop: crate::config::Dropouts::lm().scaled(0.0),
+        };
         let mut model = Classifier::new(AwdLstm::new(cfg, &mut rng), 3, &mut rng);
         model.head[1].p = 0.0;
         model.bptt = 8;
@@ -312,7 +342,12 @@ mod gradient_tests {
                 p.data_mut()[j] = orig;
                 let numeric = (up - down) / (2.0 * eps);
                 let diff = (numeric - analytic[j]).abs();
-                assert!(diff <= 5e-3 + 2e-2 * numeric.abs(), "param {k} {:?} [{j}]: autograd {} vs numeric {numeric}", p.shape(), analytic[j]);
+                assert!(
+                    diff <= 5e-3 + 2e-2 * numeric.abs(),
+                    "param {k} {:?} [{j}]: autograd {} vs numeric {numeric}",
+                    p.shape(),
+                    analytic[j]
+                );
             }
         }
     }

@@ -73,7 +73,11 @@ fn task_documents(cfg: &DataConfig) -> Result<(Vec<Document>, Option<Vec<Documen
         TaskKind::Csv => {
             let mut opts = CsvOptions::csv(&cfg.text_col, Some(&cfg.label_col));
             opts.delimiter = cfg.delimiter.chars().next().unwrap_or(',');
-            let test_path = cfg.test_path.as_ref().map(|p| cfg.resolve(p)).context("data.test_path is required for task = \"csv\"")?;
+            let test_path = cfg
+                .test_path
+                .as_ref()
+                .map(|p| cfg.resolve(p))
+                .context("data.test_path is required for task = \"csv\"")?;
             (datasets::load_csv(&path, &opts)?, None, datasets::load_csv(&test_path, &opts)?)
         }
     })
@@ -97,19 +101,31 @@ pub fn load_task(cfg: &DataConfig, seed: u64) -> Result<TaskTexts> {
     let mut classes: Vec<String> = train.iter().filter_map(|d| d.label.clone()).collect();
     classes.sort();
     classes.dedup();
-    ensure!(classes.len() >= 2, "the task's training set has {} distinct labels; a classifier needs at least 2", classes.len());
+    ensure!(
+        classes.len() >= 2,
+        "the task's training set has {} distinct labels; a classifier needs at least 2",
+        classes.len()
+    );
     let split = |docs: Vec<Document>, name: &str| -> Result<(Vec<String>, Vec<u32>)> {
         let mut texts = Vec::with_capacity(docs.len());
         let mut labels = Vec::with_capacity(docs.len());
         for (i, d) in docs.into_iter().enumerate() {
             let Some(label) = d.label else { bail!("{name} document {i} has no label") };
             let Ok(id) = classes.binary_search(&label) else {
-                bail!("{name} document {i} has label {label:?}, which the training set never uses (classes: {})", classes.join(", "))
+                bail!(
+                    "{name} document {i} has label {label:?}, which the training set never uses (classes: {})",
+                    classes.join(", ")
+                )
             };
             texts.push(d.text);
             labels.push(id as u32);
         }
         Ok((texts, labels))
     };
-    Ok(TaskTexts { train: split(train, "training")?, valid: split(valid, "validation")?, test: split(test, "test")?, classes })
+    Ok(TaskTexts {
+        train: split(train, "training")?,
+        valid: split(valid, "validation")?,
+        test: split(test, "test")?,
+        classes,
+    })
 }

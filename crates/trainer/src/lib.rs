@@ -7,13 +7,16 @@
 //! - `schedule.rs`: slanted triangular LR, one-cycle with cyclical momentum, discriminative LRs.
 //! - `checkpoint.rs`: safetensors weights + vocabulary + config, written atomically.
 //! - `metrics.rs`, `plot.rs`, `progress.rs`: per-epoch metrics files, curves, progress bars.
+//! - `curves.rs`: a run's loss and LR curves; `lr_find.rs`: the LR range test on pretraining.
 //! - `config.rs`: the TOML pipeline configuration.
 
 pub mod awd_lstm;
 pub mod checkpoint;
 pub mod classifier;
 pub mod config;
+pub mod curves;
 pub mod data;
+pub mod lr_find;
 pub mod metrics;
 pub mod pipeline;
 pub mod plot;

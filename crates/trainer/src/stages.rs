@@ -38,13 +38,23 @@ pub struct StagePlan {
 
 /// Adam over `groups` with fastai's eps and second-moment decay.
 pub fn adam(groups: Vec<Vec<ulmfit_tensor::Tensor>>, sqr_mom: f32, eps: f32) -> Adam {
-    let groups = groups.into_iter().map(|params| ParamGroup { params, lr: 0.0, betas: (0.9, sqr_mom), weight_decay: 0.0 }).collect();
+    let groups = groups
+        .into_iter()
+        .map(|params| ParamGroup { params, lr: 0.0, betas: (0.9, sqr_mom), weight_decay: 0.0 })
+        .collect();
     Adam::new(groups, eps)
 }
 
 fn prepare(opt: &mut Adam, plan: &StagePlan) -> Result<()> {
-    ensure!(plan.peaks.len() == opt.groups.len(), "stage {}: {} learning rates for {} parameter groups", plan.name, plan.peaks.len(), opt.groups.len());
-    FreezeStage { trainable_groups_from_top: plan.trainable_from_top, epochs: plan.epochs, lr_max: 0.0, lr_div: 1.0 }.apply(&opt.groups)?;
+    ensure!(
+        plan.peaks.len() == opt.groups.len(),
+        "stage {}: {} learning rates for {} parameter groups",
+        plan.name,
+        plan.peaks.len(),
+        opt.groups.len()
+    );
+    FreezeStage { trainable_groups_from_top: plan.trainable_from_top, epochs: plan.epochs, lr_max: 0.0, lr_div: 1.0 }
+        .apply(&opt.groups)?;
     opt.groups.iter_mut().for_each(|g| g.weight_decay = plan.wd);
     Ok(())
 }
@@ -52,9 +62,23 @@ fn prepare(opt: &mut Adam, plan: &StagePlan) -> Result<()> {
 /// Trains the language model on `train` for the plan's epochs (fixed BPTT `bptt`, batch
 /// `bs`), validating on `valid` after each epoch. Returns the last (loss, accuracy).
 #[allow(clippy::too_many_arguments)] // one stage's data, model, optimizer and bookkeeping
-pub fn fit_lm(model: &mut LanguageModel, opt: &mut Adam, plan: &StagePlan, train: &Corpus, valid: &Corpus, bs: usize, bptt: usize, seed: u64, log: &mut MetricsLog) -> Result<(f32, f32)> {
+pub fn fit_lm(
+    model: &mut LanguageModel,
+    opt: &mut Adam,
+    plan: &StagePlan,
+    train: &Corpus,
+    valid: &Corpus,
+    bs: usize,
+    bptt: usize,
+    seed: u64,
+    log: &mut MetricsLog,
+) -> Result<(f32, f32)> {
     prepare(opt, plan)?;
-    ensure!(train.ids.len() > bs * 2 && valid.ids.len() > bs * 2, "stage {}: the corpus is too small for batch size {bs}", plan.name);
+    ensure!(
+        train.ids.len() > bs * 2 && valid.ids.len() > bs * 2,
+        "stage {}: the corpus is too small for batch size {bs}",
+        plan.name
+    );
     let batches_per_epoch = LmStream::new(train, bs, Bptt::Fixed(bptt), false, seed, 0)?.count();
     let total = plan.epochs * batches_per_epoch;
     let mut rng = Rng::new(seed ^ 0x5eed);
@@ -131,7 +155,16 @@ fn argmax(p: &[f32]) -> usize {
 /// Trains the classifier for one stage of gradual unfreezing, validating after each
 /// epoch; returns the last validation accuracy.
 #[allow(clippy::too_many_arguments)] // one stage's data, model, optimizer and bookkeeping
-pub fn fit_classifier(model: &mut Classifier, opt: &mut Adam, plan: &StagePlan, train: &Labelled, valid: &Labelled, bs: usize, seed: u64, log: &mut MetricsLog) -> Result<f32> {
+pub fn fit_classifier(
+    model: &mut Classifier,
+    opt: &mut Adam,
+    plan: &StagePlan,
+    train: &Labelled,
+    valid: &Labelled,
+    bs: usize,
+    seed: u64,
+    log: &mut MetricsLog,
+) -> Result<f32> {
     prepare(opt, plan)?;
     ensure!(train.corpus.len() >= 2, "stage {}: fewer than 2 training documents", plan.name);
     let lens: Vec<usize> = (0..train.corpus.len()).map(|d| train.corpus.doc_len(d)).collect();
@@ -172,7 +205,15 @@ pub fn fit_classifier(model: &mut Classifier, opt: &mut Adam, plan: &StagePlan, 
             tokens_per_s,
         };
         log.append(&m)?;
-        eprintln!("{} epoch {}/{}: train loss {:.3}, valid accuracy {:.3}, {:.0}s", plan.name, epoch + 1, plan.epochs, m.train_loss, acc, m.seconds);
+        eprintln!(
+            "{} epoch {}/{}: train loss {:.3}, valid accuracy {:.3}, {:.0}s",
+            plan.name,
+            epoch + 1,
+            plan.epochs,
+            m.train_loss,
+            acc,
+            m.seconds
+        );
     }
     Ok(acc)
 }

@@ -67,7 +67,14 @@ pub fn optimizer_step(opt: &mut Adam, loss: &Tensor, clip: Option<f32>, step: us
 }
 
 /// One LM training step; returns the cross-entropy (without AR/TAR).
-pub fn lm_train_step(model: &mut LanguageModel, opt: &mut Adam, batch: &LmBatch, cfg: StepConfig, rng: &mut Rng, step: usize) -> Result<f32, TrainError> {
+pub fn lm_train_step(
+    model: &mut LanguageModel,
+    opt: &mut Adam,
+    batch: &LmBatch,
+    cfg: StepConfig,
+    rng: &mut Rng,
+    step: usize,
+) -> Result<f32, TrainError> {
     let out = model.forward(&batch.x, batch.seq_len, batch.batch_size, true, rng)?;
     let (loss, ce) = lm_loss(&out, &batch.y, cfg.alpha, cfg.beta)?;
     optimizer_step(opt, &loss, cfg.clip, step)?;
@@ -76,7 +83,11 @@ pub fn lm_train_step(model: &mut LanguageModel, opt: &mut Adam, batch: &LmBatch,
 
 /// Mean cross-entropy and next-token accuracy of the LM over `batches` (state reset first,
 /// then carried, as in training).
-pub fn lm_evaluate<'a>(model: &mut LanguageModel, batches: impl Iterator<Item = &'a LmBatch>, rng: &mut Rng) -> Result<(f32, f32), TrainError> {
+pub fn lm_evaluate<'a>(
+    model: &mut LanguageModel,
+    batches: impl Iterator<Item = &'a LmBatch>,
+    rng: &mut Rng,
+) -> Result<(f32, f32), TrainError> {
     model.encoder.reset();
     let (mut loss_sum, mut correct, mut count) = (0.0f64, 0usize, 0usize);
     for batch in batches {
@@ -91,7 +102,15 @@ pub fn lm_evaluate<'a>(model: &mut LanguageModel, batches: impl Iterator<Item = 
 }
 
 /// One classifier training step; returns the loss.
-pub fn classifier_train_step(model: &mut Classifier, opt: &mut Adam, batch: &DocBatch, labels: &[u32], clip: Option<f32>, rng: &mut Rng, step: usize) -> Result<f32, TrainError> {
+pub fn classifier_train_step(
+    model: &mut Classifier,
+    opt: &mut Adam,
+    batch: &DocBatch,
+    labels: &[u32],
+    clip: Option<f32>,
+    rng: &mut Rng,
+    step: usize,
+) -> Result<f32, TrainError> {
     let logits = model.forward(batch, true, rng)?;
     let loss = logits.cross_entropy(labels, None)?;
     optimizer_step(opt, &loss, clip, step)?;
@@ -108,5 +127,8 @@ pub fn classifier_probs(model: &mut Classifier, batch: &DocBatch, rng: &mut Rng)
 /// Index of the largest value in each row of a `[N, C]` tensor.
 pub fn argmax_rows(t: &Tensor) -> Vec<u32> {
     let c = t.dim(t.rank() - 1);
-    t.data().chunks(c).map(|row| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32)).collect()
+    t.data()
+        .chunks(c)
+        .map(|row| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32))
+        .collect()
 }

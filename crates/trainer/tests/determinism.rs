@@ -8,7 +8,9 @@ use ulmfit_trainer::config::Config;
 use ulmfit_trainer::pipeline::{self, RunResults};
 
 fn data_dir() -> PathBuf {
-    std::env::var_os("ULMFIT_DATA").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data")))
+    std::env::var_os("ULMFIT_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data")))
 }
 
 fn run(seed: u64, tag: &str) -> RunResults {

@@ -14,7 +14,9 @@ use ulmfit_trainer::pipeline;
 const MARGIN: f64 = 0.05;
 
 fn data_dir() -> PathBuf {
-    std::env::var_os("ULMFIT_DATA").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data")))
+    std::env::var_os("ULMFIT_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data")))
 }
 
 #[test]
@@ -81,9 +83,22 @@ out_dir = "{out}"
     let accuracy = 1.0 - r.test_error.unwrap();
     let majority = 107.0 / 200.0;
     println!("imdb_sample: accuracy {:.1}% vs majority {:.1}%; results {r:?}", 100.0 * accuracy, 100.0 * majority);
-    for f in ["pretrain/model.safetensors", "finetune/vocab.txt", "classifier/config.toml", "classifier/classes.txt", "metrics.csv", "metrics.jsonl", "results.json"] {
+    for f in [
+        "pretrain/model.safetensors",
+        "finetune/vocab.txt",
+        "classifier/config.toml",
+        "classifier/classes.txt",
+        "metrics.csv",
+        "metrics.jsonl",
+        "results.json",
+        "loss.svg",
+        "lr.svg",
+    ] {
         assert!(out.join(f).exists(), "the run did not write {f}");
     }
     std::fs::remove_dir_all(&out).ok();
-    assert!(accuracy >= majority + MARGIN, "accuracy {accuracy} does not beat the majority class {majority} by {MARGIN}");
+    assert!(
+        accuracy >= majority + MARGIN,
+        "accuracy {accuracy} does not beat the majority class {majority} by {MARGIN}"
+    );
 }

@@ -26,24 +26,12 @@ pub struct Dropouts {
 impl Dropouts {
     /// fastai's language-model dropouts.
     pub fn awd_lstm() -> Self {
-        Dropouts {
-            embed: 0.02,
-            input: 0.25,
-            weight: 0.2,
-            hidden: 0.15,
-            output: 0.1,
-        }
+        Dropouts { embed: 0.02, input: 0.25, weight: 0.2, hidden: 0.15, output: 0.1 }
     }
 
     /// Every dropout off.
     pub fn off() -> Self {
-        Dropouts {
-            embed: 0.0,
-            input: 0.0,
-            weight: 0.0,
-            hidden: 0.0,
-            output: 0.0,
-        }
+        Dropouts { embed: 0.0, input: 0.0, weight: 0.0, hidden: 0.0, output: 0.0 }
     }
 }
 
@@ -97,11 +85,7 @@ impl LmConfig {
                 t: self.t,
                 b: self.b,
                 i: if l == 0 { self.emb } else { self.hidden },
-                h: if l + 1 == self.layers {
-                    self.emb
-                } else {
-                    self.hidden
-                },
+                h: if l + 1 == self.layers { self.emb } else { self.hidden },
             })
             .collect()
     }
@@ -121,22 +105,11 @@ impl LmConfig {
 
     /// Checks sizes and probabilities.
     pub fn validate(&self) -> Result<(), LmError> {
-        let sizes = [
-            self.vocab,
-            self.emb,
-            self.hidden,
-            self.layers,
-            self.t,
-            self.b,
-        ];
+        let sizes = [self.vocab, self.emb, self.hidden, self.layers, self.t, self.b];
         if sizes.contains(&0) {
-            return Err(LmError::Config(format!(
-                "every size must be positive: {self:?}"
-            )));
+            return Err(LmError::Config(format!("every size must be positive: {self:?}")));
         }
-        if self.vocab >= u32::MAX as usize
-            || self.rows() >= i32::MAX as usize / self.vocab_padded().max(self.emb)
-        {
+        if self.vocab >= u32::MAX as usize || self.rows() >= i32::MAX as usize / self.vocab_padded().max(self.emb) {
             return Err(LmError::Config(format!(
                 "V {} with T*B {} is too large for one step",
                 self.vocab,
@@ -144,17 +117,11 @@ impl LmConfig {
             )));
         }
         let d = self.drop;
-        for (name, p) in [
-            ("embed", d.embed),
-            ("input", d.input),
-            ("weight", d.weight),
-            ("hidden", d.hidden),
-            ("output", d.output),
-        ] {
+        for (name, p) in
+            [("embed", d.embed), ("input", d.input), ("weight", d.weight), ("hidden", d.hidden), ("output", d.output)]
+        {
             if !(0.0..1.0).contains(&p) {
-                return Err(LmError::Config(format!(
-                    "dropout {name} = {p} is not in [0, 1)"
-                )));
+                return Err(LmError::Config(format!("dropout {name} = {p} is not in [0, 1)")));
             }
         }
         Ok(())
@@ -181,28 +148,14 @@ pub struct Hyper {
 impl Default for Hyper {
     /// The bench's settings: lr 1e-3, betas (0.9, 0.99), eps 1e-5, no decay, clip 0.1.
     fn default() -> Self {
-        Hyper {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.99,
-            eps: 1e-5,
-            weight_decay: 0.0,
-            clip: 0.1,
-        }
+        Hyper { lr: 1e-3, beta1: 0.9, beta2: 0.99, eps: 1e-5, weight_decay: 0.0, clip: 0.1 }
     }
 }
 
 impl Hyper {
     /// The device layout `[lr, beta1, beta2, eps, weight_decay, max_norm]` (lm_optim.cu).
     pub fn to_array(&self) -> [f32; 6] {
-        [
-            self.lr,
-            self.beta1,
-            self.beta2,
-            self.eps,
-            self.weight_decay,
-            self.clip,
-        ]
+        [self.lr, self.beta1, self.beta2, self.eps, self.weight_decay, self.clip]
     }
 }
 

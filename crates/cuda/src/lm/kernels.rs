@@ -69,49 +69,28 @@ pub struct LmKernels {
 /// Grid for a grid-stride loop over `n` elements.
 fn stride_grid(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS) as u32;
-    LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// `blocks` blocks of `threads`.
 fn blocks(blocks: usize, threads: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (blocks as u32, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
 }
 
 impl LmKernels {
     /// Compiles (once per process) and loads the LM kernels into `gpu`'s context.
     pub fn load(gpu: &Gpu) -> Result<Self> {
-        let (major, minor) = gpu
-            .stream()
-            .context()
-            .compute_capability()
-            .op("compute capability")?;
+        let (major, minor) = gpu.stream().context().compute_capability().op("compute capability")?;
         let ptx = compile_cached(LM_CU_NAME, LM_CU, &ptx_arch(major, minor))?;
-        let module = gpu
-            .stream()
-            .context()
-            .load_module(ptx)
-            .op("load kernels/lm_*.cu PTX")?;
-        let funcs = NAMES
-            .iter()
-            .map(|name| module.load_function(name).op(&format!("load {name}")))
-            .collect::<Result<_>>()?;
+        let module = gpu.stream().context().load_module(ptx).op("load kernels/lm_*.cu PTX")?;
+        let funcs =
+            NAMES.iter().map(|name| module.load_function(name).op(&format!("load {name}"))).collect::<Result<_>>()?;
         Ok(LmKernels { funcs })
     }
 
     /// Launches kernel `name` with `args` in the kernel's parameter order.
     fn launch(&self, gpu: &Gpu, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
-        let k = NAMES
-            .iter()
-            .position(|n| *n == name)
-            .expect("kernel name is in NAMES");
+        let k = NAMES.iter().position(|n| *n == name).expect("kernel name is in NAMES");
         let mut lb = gpu.stream().launch_builder(&self.funcs[k]);
         for a in args {
             match a {
@@ -291,20 +270,8 @@ impl LmKernels {
     }
 
     /// `lm_bias_grad`: dbias [ld] = column sums of dlogits [n, ld], in a fixed order.
-    pub fn lm_bias_grad(
-        &self,
-        gpu: &Gpu,
-        dbias: u64,
-        dlogits: u64,
-        n: usize,
-        ld: usize,
-    ) -> Result<()> {
-        let args = [
-            Arg::Ptr(dbias),
-            Arg::Ptr(dlogits),
-            Arg::I32(n as i32),
-            Arg::I32(ld as i32),
-        ];
+    pub fn lm_bias_grad(&self, gpu: &Gpu, dbias: u64, dlogits: u64, n: usize, ld: usize) -> Result<()> {
+        let args = [Arg::Ptr(dbias), Arg::Ptr(dlogits), Arg::I32(n as i32), Arg::I32(ld as i32)];
         // 32 columns by LM_BIAS_GROUPS = 16 row groups per block (kernels/lm_loss.cu).
         self.launch(gpu, "lm_bias_grad", blocks(ld.div_ceil(32), 512), &args)
     }
@@ -389,12 +356,7 @@ impl LmKernels {
 
     /// `lm_clip_scale`: clip [2] = (norm, factor) from the partial sums.
     pub fn lm_clip_scale(&self, gpu: &Gpu, clip: u64, partial: u64, hyper: u64) -> Result<()> {
-        let args = [
-            Arg::Ptr(clip),
-            Arg::Ptr(partial),
-            Arg::I32(NORM_BLOCKS as i32),
-            Arg::Ptr(hyper),
-        ];
+        let args = [Arg::Ptr(clip), Arg::Ptr(partial), Arg::I32(NORM_BLOCKS as i32), Arg::Ptr(hyper)];
         self.launch(gpu, "lm_clip_scale", blocks(1, WIDE), &args)
     }
 

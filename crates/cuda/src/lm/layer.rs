@@ -42,9 +42,6 @@ impl LmLayer {
     /// Address of owned buffer `buf`.
     pub fn base(&self, gpu: &Gpu, buf: Buf) -> u64 {
         let slice = self.owned[buf as usize].as_ref();
-        addr(
-            gpu,
-            slice.expect("steps::layer_at maps only owned buffers to LmBuf::Layer"),
-        )
+        addr(gpu, slice.expect("steps::layer_at maps only owned buffers to LmBuf::Layer"))
     }
 }

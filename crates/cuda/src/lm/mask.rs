@@ -48,10 +48,7 @@ pub fn mask_key(seed: u64, step: u32, tensor: u32) -> u64 {
 
 /// The draw in [0, 1) of element `index` (exact multiples of 2^-24).
 pub fn unit(key: u64, index: u64) -> f32 {
-    let z = mix(key
-        ^ index
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .wrapping_add(0x632B_E59B_D9B4_E019));
+    let z = mix(key ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0x632B_E59B_D9B4_E019));
     (z >> 40) as f32 * (1.0 / 16_777_216.0)
 }
 

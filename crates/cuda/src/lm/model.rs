@@ -16,9 +16,7 @@ use super::kernels::{LmKernels, NORM_BLOCKS};
 use super::layer::{addr, LmLayer};
 use super::mask::Mask;
 use super::params::{Layout, LmWeights};
-use super::steps::{
-    backward_ops, buf_len, check_ops, forward_ops, layer_at, raw_at, update_ops, At, LmBuf, Op,
-};
+use super::steps::{backward_ops, buf_len, check_ops, forward_ops, layer_at, raw_at, update_ops, At, LmBuf, Op};
 use crate::device::Gpu;
 use crate::error::{DriverContext, Result};
 use crate::lstm::{capture, copy_dtod, enqueue_step, sgemm};
@@ -62,12 +60,7 @@ pub struct LmCuda<'g> {
 
 impl<'g> LmCuda<'g> {
     /// Allocates everything for `cfg`, uploads `w` (Adam moments 0, state 0, step 0).
-    pub fn new(
-        gpu: &'g Gpu,
-        cfg: LmConfig,
-        w: &LmWeights,
-        hyper: Hyper,
-    ) -> std::result::Result<Self, LmError> {
+    pub fn new(gpu: &'g Gpu, cfg: LmConfig, w: &LmWeights, hyper: Hyper) -> std::result::Result<Self, LmError> {
         cfg.validate()?;
         let layout = Layout::new(&cfg);
         let want = LmWeights::zeros(&cfg);
@@ -84,24 +77,18 @@ impl<'g> LmCuda<'g> {
         let (n, e, p) = (cfg.rows(), cfg.emb, layout.total);
         let (v, vp) = (cfg.vocab, cfg.vocab_padded());
         let u32s = |len: usize, what: &str| -> Result<CudaSlice<u32>> {
-            gpu.stream()
-                .alloc_zeros::<u32>(len)
-                .op(&format!("allocate {what}"))
+            gpu.stream().alloc_zeros::<u32>(len).op(&format!("allocate {what}"))
         };
         let s = gpu.stream();
         let b = Bufs {
-            params: s
-                .clone_htod(&layout.to_flat(w))
-                .op("upload LM parameters")?,
+            params: s.clone_htod(&layout.to_flat(w)).op("upload LM parameters")?,
             grads: gpu.alloc_zeros(p, "LM gradients")?,
             adam_m: gpu.alloc_zeros(p, "Adam first moments")?,
             adam_v: gpu.alloc_zeros(p, "Adam second moments")?,
             ids: u32s(n, "token ids")?,
             targets: u32s(n, "targets")?,
             step: u32s(1, "step counter")?,
-            hyper: s
-                .clone_htod(&hyper.to_array())
-                .op("upload hyper-parameters")?,
+            hyper: s.clone_htod(&hyper.to_array()).op("upload hyper-parameters")?,
             dropped: gpu.alloc_zeros(n * e, "dropped output")?,
             ddropped: gpu.alloc_zeros(n * e, "dropped output gradient")?,
             logits: gpu.alloc_zeros(n * vp, &format!("logits [{n}, {vp}] (V {v} padded)"))?,
@@ -136,32 +123,16 @@ impl<'g> LmCuda<'g> {
         ];
         for (buf, len) in lens {
             let want = buf_len(&cfg, &layout, buf);
-            assert_eq!(
-                len, want,
-                "LM buffer {buf:?}: allocated {len}, steps::buf_len {want}"
-            );
+            assert_eq!(len, want, "LM buffer {buf:?}: allocated {len}, steps::buf_len {want}");
         }
         let mut layers = Vec::with_capacity(cfg.layers);
         for (l, d) in cfg.layer_dims().into_iter().enumerate() {
             layers.push(LmLayer::new(gpu, d, l, &layout)?);
         }
-        let ops = [
-            forward_ops(&cfg, &layout),
-            backward_ops(&cfg, &layout),
-            update_ops(),
-        ];
+        let ops = [forward_ops(&cfg, &layout), backward_ops(&cfg, &layout), update_ops()];
         ops.iter().for_each(|list| check_ops(&cfg, &layout, list));
         let k = LmKernels::load(gpu)?;
-        Ok(LmCuda {
-            gpu,
-            cfg,
-            layout,
-            k,
-            b,
-            layers,
-            ops,
-            graphs: None,
-        })
+        Ok(LmCuda { gpu, cfg, layout, k, b, layers, ops, graphs: None })
     }
 
     /// The config in force.
@@ -208,9 +179,7 @@ impl<'g> LmCuda<'g> {
     /// Sets Adam's and the clip's settings (read by the next update).
     pub fn set_hyper(&mut self, h: Hyper) -> Result<()> {
         let stream = self.gpu.stream();
-        stream
-            .memcpy_htod(&h.to_array(), &mut self.b.hyper)
-            .op("upload hyper-parameters")
+        stream.memcpy_htod(&h.to_array(), &mut self.b.hyper).op("upload hyper-parameters")
     }
 
     /// Uploads a batch: `ids` and next-token `targets`, both [T, B] time-major, each < V.
@@ -219,20 +188,15 @@ impl<'g> LmCuda<'g> {
         for (what, xs) in [("ids", ids), ("targets", targets)] {
             if xs.len() != n {
                 let got = xs.len();
-                return Err(LmError::Batch(format!(
-                    "{what} has {got} tokens, expected T*B = {n}"
-                )));
+                return Err(LmError::Batch(format!("{what} has {got} tokens, expected T*B = {n}")));
             }
             if let Some((k, bad)) = xs.iter().enumerate().find(|(_, &x)| x as usize >= v) {
-                return Err(LmError::Batch(format!(
-                    "{what}[{k}] = {bad} is outside the vocabulary of {v}"
-                )));
+                return Err(LmError::Batch(format!("{what}[{k}] = {bad} is outside the vocabulary of {v}")));
             }
         }
         let s = self.gpu.stream();
         s.memcpy_htod(ids, &mut self.b.ids).op("upload ids")?;
-        s.memcpy_htod(targets, &mut self.b.targets)
-            .op("upload targets")?;
+        s.memcpy_htod(targets, &mut self.b.targets).op("upload targets")?;
         Ok(())
     }
 
@@ -240,9 +204,7 @@ impl<'g> LmCuda<'g> {
     pub fn forward_backward(&self) -> Result<()> {
         match &self.graphs {
             Some((fb, _)) => fb.launch().op("launch forward+backward graph"),
-            None => self
-                .run_ops(&self.ops[0])
-                .and_then(|_| self.run_ops(&self.ops[1])),
+            None => self.run_ops(&self.ops[0]).and_then(|_| self.run_ops(&self.ops[1])),
         }
     }
 
@@ -278,10 +240,7 @@ impl<'g> LmCuda<'g> {
         let (g, k, c) = (self.gpu, &self.k, &self.cfg);
         let (n, bn, e, v, total) = (c.rows(), c.b, c.emb, c.vocab, self.layout.total);
         let (seed, step) = (c.seed, self.p(LmBuf::Step, 0));
-        let embed_masks = [
-            (c.drop.embed, Mask::Word.id()),
-            (c.drop.input, Mask::Input.id()),
-        ];
+        let embed_masks = [(c.drop.embed, Mask::Word.id()), (c.drop.input, Mask::Input.id())];
         let (p_out, t_out) = (c.drop.output, Mask::Output.id());
         let top = c.layers - 1;
         let q = |buf: LmBuf| self.p(buf, 0);
@@ -293,14 +252,7 @@ impl<'g> LmCuda<'g> {
                 let ids = q(LmBuf::Ids);
                 k.lm_embed_fwd(g, x, emb, ids, n, bn, e, embed_masks, seed, step)
             }
-            Op::Dropout {
-                out,
-                inp,
-                n,
-                period,
-                p,
-                mask,
-            } => {
+            Op::Dropout { out, inp, n, period, p, mask } => {
                 let (out, inp) = (self.ptr(out), self.ptr(inp));
                 k.lm_dropout(g, out, inp, n, period, p, mask.id(), seed, step)
             }
@@ -326,14 +278,12 @@ impl<'g> LmCuda<'g> {
             }
             Op::LossSum => {
                 let [alpha, ar_div, beta, tar_div] = self.reg_terms();
-                let (loss, ce, ar, tar) =
-                    (q(LmBuf::Loss), q(LmBuf::Ce), q(LmBuf::Ar), q(LmBuf::Tar));
+                let (loss, ce, ar, tar) = (q(LmBuf::Loss), q(LmBuf::Ce), q(LmBuf::Ar), q(LmBuf::Tar));
                 k.lm_loss_sum(g, loss, ce, ar, tar, n, alpha, ar_div, beta, tar_div)
             }
             Op::RegBwd => {
                 let dy = q(LmBuf::Layer(top, Buf::Dy));
-                let (dd, dropped, raw) =
-                    (q(LmBuf::DDropped), q(LmBuf::Dropped), self.ptr(raw_at(c)));
+                let (dd, dropped, raw) = (q(LmBuf::DDropped), q(LmBuf::Dropped), self.ptr(raw_at(c)));
                 let tbe = [c.t, bn, e];
                 let reg = self.reg_terms();
                 k.lm_reg_bwd(g, dy, dd, dropped, raw, tbe, reg, p_out, t_out, seed, step)
@@ -346,12 +296,7 @@ impl<'g> LmCuda<'g> {
             Op::SumsqPartial => k.lm_sumsq_partial(g, q(LmBuf::Partial), q(LmBuf::Grads), total),
             Op::ClipScale => k.lm_clip_scale(g, q(LmBuf::Clip), q(LmBuf::Partial), q(LmBuf::Hyper)),
             Op::Adam => {
-                let (w, m, v2, grads) = (
-                    q(LmBuf::Params),
-                    q(LmBuf::AdamM),
-                    q(LmBuf::AdamV),
-                    q(LmBuf::Grads),
-                );
+                let (w, m, v2, grads) = (q(LmBuf::Params), q(LmBuf::AdamM), q(LmBuf::AdamV), q(LmBuf::Grads));
                 let (clip, hyper) = (q(LmBuf::Clip), q(LmBuf::Hyper));
                 k.lm_adam(g, w, m, v2, grads, total, clip, hyper, step)
             }
@@ -370,9 +315,7 @@ impl<'g> LmCuda<'g> {
         self.run_ops(&self.ops[1])?;
         self.run_ops(&[Op::SumsqPartial, Op::ClipScale])?;
         let stream = self.gpu.stream().clone();
-        stream
-            .memcpy_htod(&step, &mut self.b.step)
-            .op("restore step counter")?;
+        stream.memcpy_htod(&step, &mut self.b.step).op("restore step counter")?;
         self.set_state(&state)?;
         let fb = capture(self.gpu, || {
             self.run_ops(&self.ops[0])?;

@@ -25,20 +25,14 @@ impl LmWeights {
     /// uniform(-1/sqrt(H), 1/sqrt(H)) (`LayerWeights::init`). Depends only on `seed`.
     pub fn init(cfg: &LmConfig, seed: u64) -> Self {
         let key = mask_key(seed, 0, u32::MAX);
-        let emb = (0..cfg.vocab * cfg.emb)
-            .map(|k| (unit(key, k as u64) * 2.0 - 1.0) * 0.1)
-            .collect();
+        let emb = (0..cfg.vocab * cfg.emb).map(|k| (unit(key, k as u64) * 2.0 - 1.0) * 0.1).collect();
         let layers = cfg
             .layer_dims()
             .iter()
             .enumerate()
             .map(|(l, d)| LayerWeights::init(d.i, d.h, seed.wrapping_add(1 + l as u64)))
             .collect();
-        LmWeights {
-            emb,
-            dec_bias: vec![0.0; cfg.vocab],
-            layers,
-        }
+        LmWeights { emb, dec_bias: vec![0.0; cfg.vocab], layers }
     }
 
     /// All zeros, shaped for `cfg`.
@@ -55,19 +49,12 @@ impl LmWeights {
                 b_hh: vec![0.0; 4 * d.h],
             })
             .collect();
-        LmWeights {
-            emb: vec![0.0; cfg.vocab * cfg.emb],
-            dec_bias: vec![0.0; cfg.vocab],
-            layers,
-        }
+        LmWeights { emb: vec![0.0; cfg.vocab * cfg.emb], dec_bias: vec![0.0; cfg.vocab], layers }
     }
 
     /// Each tensor with a name, in flat-buffer order.
     pub fn named(&self) -> Vec<(String, &[f32])> {
-        let mut out: Vec<(String, &[f32])> = vec![
-            ("emb".into(), &self.emb),
-            ("dec_bias".into(), &self.dec_bias),
-        ];
+        let mut out: Vec<(String, &[f32])> = vec![("emb".into(), &self.emb), ("dec_bias".into(), &self.dec_bias)];
         for (l, w) in self.layers.iter().enumerate() {
             out.push((format!("w_ih{l}"), &w.w_ih));
             out.push((format!("w_hh{l}"), &w.w_hh));
@@ -87,19 +74,12 @@ impl LmWeights {
 
     /// Every tensor, concatenated densely [P] (the device buffer is `Layout::to_flat`).
     pub fn flatten(&self) -> Vec<f32> {
-        self.named()
-            .into_iter()
-            .flat_map(|(_, v)| v.iter().copied())
-            .collect()
+        self.named().into_iter().flat_map(|(_, v)| v.iter().copied()).collect()
     }
 
     /// Refills every tensor from a dense [P] buffer ([`LmWeights::flatten`]'s order).
     pub fn unflatten(&mut self, flat: &[f32]) {
-        assert_eq!(
-            flat.len(),
-            self.len(),
-            "LmWeights::unflatten: flat buffer length"
-        );
+        assert_eq!(flat.len(), self.len(), "LmWeights::unflatten: flat buffer length");
         let mut at = 0;
         for part in self.parts_mut() {
             let len = part.len();
@@ -156,12 +136,7 @@ impl Layout {
             }
             layers.push(offs);
         }
-        Layout {
-            emb: 0,
-            dec_bias,
-            layers,
-            total: at,
-        }
+        Layout { emb: 0, dec_bias, layers, total: at }
     }
 
     /// Offset of each tensor, in `LmWeights::named` order.
@@ -176,12 +151,7 @@ impl Layout {
     pub fn to_flat(&self, w: &LmWeights) -> Vec<f32> {
         let mut flat = vec![0.0; self.total];
         for (off, (name, t)) in self.offsets().into_iter().zip(w.named()) {
-            assert!(
-                off + t.len() <= self.total,
-                "Layout::to_flat: {name} of {} overruns {}",
-                t.len(),
-                self.total
-            );
+            assert!(off + t.len() <= self.total, "Layout::to_flat: {name} of {} overruns {}", t.len(), self.total);
             flat[off..off + t.len()].copy_from_slice(t);
         }
         flat
@@ -190,11 +160,7 @@ impl Layout {
     /// Refills every tensor of `w` (shaped for this layout's config) from a flat device
     /// buffer [total]; the inverse of [`Layout::to_flat`].
     pub fn from_flat(&self, flat: &[f32], w: &mut LmWeights) {
-        assert_eq!(
-            flat.len(),
-            self.total,
-            "Layout::from_flat: flat buffer length"
-        );
+        assert_eq!(flat.len(), self.total, "Layout::from_flat: flat buffer length");
         for (off, part) in self.offsets().into_iter().zip(w.parts_mut()) {
             let len = part.len();
             part.copy_from_slice(&flat[off..off + len]);

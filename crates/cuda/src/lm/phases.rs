@@ -21,11 +21,7 @@ fn phase_of(op: &Op, backward: bool, prev: &str) -> String {
     let dir = if backward { "bwd" } else { "fwd" };
     let name = match op {
         Op::StepBegin | Op::EmbedFwd => "embedding + dropouts fwd",
-        Op::Dropout {
-            mask: Mask::Weight(l),
-            ..
-        }
-        | Op::Layer { l, .. } => return format!("lstm{l} {dir}"),
+        Op::Dropout { mask: Mask::Weight(l), .. } | Op::Layer { l, .. } => return format!("lstm{l} {dir}"),
         Op::Dropout { .. } | Op::Copy { .. } => prev,
         Op::RegFwd => "output dropout + AR/TAR fwd",
         Op::Gemm(g) => match g.c.buf {
@@ -66,10 +62,8 @@ impl LmCuda<'_> {
         let parts = phases(&self.ops);
         // Outside any capture first, so cuBLAS sets itself up (as `capture_graphs` does).
         parts.iter().try_for_each(|(_, ops)| self.run_ops(ops))?;
-        let graphs = parts
-            .iter()
-            .map(|(_, ops)| capture(self.gpu, || self.run_ops(ops)))
-            .collect::<Result<Vec<CudaGraph>>>()?;
+        let graphs =
+            parts.iter().map(|(_, ops)| capture(self.gpu, || self.run_ops(ops))).collect::<Result<Vec<CudaGraph>>>()?;
         let ctx = self.gpu.stream().context();
         let events = (0..=graphs.len())
             .map(|_| ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)))

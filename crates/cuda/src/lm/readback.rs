@@ -19,11 +19,7 @@ impl LmCuda<'_> {
     }
 
     pub(super) fn download_u32(&self, s: &CudaSlice<u32>) -> Result<Vec<u32>> {
-        let v = self
-            .gpu
-            .stream()
-            .clone_dtoh(s)
-            .op("download step counter")?;
+        let v = self.gpu.stream().clone_dtoh(s).op("download step counter")?;
         self.gpu.sync("download step counter")?;
         Ok(v)
     }
@@ -59,10 +55,8 @@ impl LmCuda<'_> {
     /// Adam moments (m, v), each [P] in `LmWeights::flatten` order.
     pub fn moments(&self) -> Result<(Vec<f32>, Vec<f32>)> {
         Ok((
-            self.unflat(&self.download(&self.b.adam_m, "download Adam m")?)
-                .flatten(),
-            self.unflat(&self.download(&self.b.adam_v, "download Adam v")?)
-                .flatten(),
+            self.unflat(&self.download(&self.b.adam_m, "download Adam m")?).flatten(),
+            self.unflat(&self.download(&self.b.adam_v, "download Adam v")?).flatten(),
         ))
     }
 
@@ -83,10 +77,7 @@ impl LmCuda<'_> {
                 unsafe {
                     cudarc::driver::result::memcpy_dtoh_async(
                         &mut host,
-                        self.ptr(At {
-                            buf: LmBuf::Layer(l, buf),
-                            off: 0,
-                        }),
+                        self.ptr(At { buf: LmBuf::Layer(l, buf), off: 0 }),
                         self.gpu.stream().cu_stream(),
                     )
                 }
@@ -103,20 +94,12 @@ impl LmCuda<'_> {
     pub fn set_state(&mut self, state: &State) -> Result<()> {
         for (l, (layer, (h, c))) in self.layers.iter().zip(state).enumerate() {
             for (buf, host) in [(Buf::H0, h), (Buf::C0, c)] {
-                assert_eq!(
-                    host.len(),
-                    layer.d.b * layer.d.h,
-                    "LmCuda::set_state: {buf:?} of {:?}",
-                    layer.d
-                );
+                assert_eq!(host.len(), layer.d.b * layer.d.h, "LmCuda::set_state: {buf:?} of {:?}", layer.d);
                 // SAFETY: element 0 of a live [B, H] buffer; the host slice has B*H elements
                 // and outlives the copy (synchronised below).
                 unsafe {
                     cudarc::driver::result::memcpy_htod_async(
-                        self.ptr(At {
-                            buf: LmBuf::Layer(l, buf),
-                            off: 0,
-                        }),
+                        self.ptr(At { buf: LmBuf::Layer(l, buf), off: 0 }),
                         host,
                         self.gpu.stream().cu_stream(),
                     )

@@ -34,18 +34,12 @@ pub struct RefStep {
 
 /// Zero state for `cfg`.
 pub fn zero_state(cfg: &LmConfig) -> State {
-    cfg.layer_dims()
-        .iter()
-        .map(|d| (vec![0.0; d.b * d.h], vec![0.0; d.b * d.h]))
-        .collect()
+    cfg.layer_dims().iter().map(|d| (vec![0.0; d.b * d.h], vec![0.0; d.b * d.h])).collect()
 }
 
 /// `out[r, :] = x[r, :] * mask[r % B, :]` for a variational [B, W] mask.
 fn apply_rows(x: &[f32], mask: &[f32]) -> Vec<f32> {
-    x.iter()
-        .enumerate()
-        .map(|(k, v)| v * mask[k % mask.len()])
-        .collect()
+    x.iter().enumerate().map(|(k, v)| v * mask[k % mask.len()]).collect()
 }
 
 /// Forward and backward of one step at optimizer step `step` (masks depend on it).
@@ -58,10 +52,7 @@ pub fn forward_backward(
     step: u32,
 ) -> RefStep {
     let (tn, bn, e, nv, n) = (cfg.t, cfg.b, cfg.emb, cfg.vocab, cfg.rows());
-    assert!(
-        ids.len() == n && targets.len() == n,
-        "lm reference: ids/targets must be T*B = {n}"
-    );
+    assert!(ids.len() == n && targets.len() == n, "lm reference: ids/targets must be T*B = {n}");
     let (dr, seed) = (cfg.drop, cfg.seed);
     let word = scales(seed, step, Mask::Word, nv, dr.embed);
     let input = scales(seed, step, Mask::Input, bn * e, dr.input);
@@ -87,10 +78,7 @@ pub fn forward_backward(
         inputs.push(std::mem::take(&mut x));
         w_hhs.push((w_hh, wm));
         x = if l + 1 < dims.len() {
-            apply_rows(
-                &out.y,
-                &scales(seed, step, Mask::Hidden(l), bn * d.h, dr.hidden),
-            )
+            apply_rows(&out.y, &scales(seed, step, Mask::Hidden(l), bn * d.h, dr.hidden))
         } else {
             out.y
         };
@@ -103,12 +91,7 @@ pub fn forward_backward(
     let mut ce = 0.0f64;
     for r in 0..n {
         let z: Vec<f32> = (0..nv)
-            .map(|v| {
-                w.dec_bias[v]
-                    + (0..e)
-                        .map(|k| dropped[r * e + k] * w.emb[v * e + k])
-                        .sum::<f32>()
-            })
+            .map(|v| w.dec_bias[v] + (0..e).map(|k| dropped[r * e + k] * w.emb[v * e + k]).sum::<f32>())
             .collect();
         let mx = z.iter().fold(f32::NEG_INFINITY, |m, &a| m.max(a));
         let lse = mx as f64 + z.iter().map(|&a| ((a - mx) as f64).exp()).sum::<f64>().ln();
@@ -122,41 +105,27 @@ pub fn forward_backward(
     let ar_div = (n * e) as f32;
     let tar_div = ((tn - 1) * bn * e) as f32;
     let ar: f64 = dropped.iter().map(|&d| (d * d) as f64).sum();
-    let tar: f64 = (bn * e..n * e)
-        .map(|k| ((raw[k] - raw[k - bn * e]) as f64).powi(2))
-        .sum();
+    let tar: f64 = (bn * e..n * e).map(|k| ((raw[k] - raw[k - bn * e]) as f64).powi(2)).sum();
     let ce = (ce / n as f64) as f32;
     let ar = cfg.alpha * (ar / ar_div as f64) as f32;
-    let tar = if tn > 1 {
-        cfg.beta * (tar / tar_div as f64) as f32
-    } else {
-        0.0
-    };
+    let tar = if tn > 1 { cfg.beta * (tar / tar_div as f64) as f32 } else { 0.0 };
 
     // Backward: decoder (ddropped, demb, dbias), then AR/TAR and output dropout into dy.
     let mut grads = LmWeights::zeros(cfg);
     let mut ddropped = vec![0.0f32; n * e];
     for r in 0..n {
         for k in 0..e {
-            ddropped[r * e + k] = (0..nv)
-                .map(|v| dlogits[r * nv + v] * w.emb[v * e + k])
-                .sum();
+            ddropped[r * e + k] = (0..nv).map(|v| dlogits[r * nv + v] * w.emb[v * e + k]).sum();
         }
     }
     for v in 0..nv {
         for k in 0..e {
-            grads.emb[v * e + k] = (0..n)
-                .map(|r| dlogits[r * nv + v] * dropped[r * e + k])
-                .sum();
+            grads.emb[v * e + k] = (0..n).map(|r| dlogits[r * nv + v] * dropped[r * e + k]).sum();
         }
         grads.dec_bias[v] = (0..n).map(|r| dlogits[r * nv + v]).sum();
     }
     let be = bn * e;
-    let c_tar = if tn > 1 {
-        2.0 * cfg.beta / tar_div
-    } else {
-        0.0
-    };
+    let c_tar = if tn > 1 { 2.0 * cfg.beta / tar_div } else { 0.0 };
     let mut dy: Vec<f32> = (0..n * e)
         .map(|k| {
             let t = k / be;
@@ -174,34 +143,14 @@ pub fn forward_backward(
     for (l, d) in dims.iter().enumerate().rev() {
         let lw = &w.layers[l];
         let (w_hh, wm) = &w_hhs[l];
-        let p = LstmParams {
-            w_ih: &lw.w_ih,
-            w_hh,
-            b_ih: &lw.b_ih,
-            b_hh: &lw.b_hh,
-        };
-        let g = reference::backward(
-            *d,
-            &p,
-            &inputs[l],
-            &state[l].0,
-            &state[l].1,
-            &dy,
-            None,
-            None,
-        );
+        let p = LstmParams { w_ih: &lw.w_ih, w_hh, b_ih: &lw.b_ih, b_hh: &lw.b_hh };
+        let g = reference::backward(*d, &p, &inputs[l], &state[l].0, &state[l].1, &dy, None, None);
         let gl = &mut grads.layers[l];
         gl.w_ih = g.dw_ih;
         gl.w_hh = g.dw_hh.iter().zip(wm).map(|(a, m)| a * m).collect();
         (gl.b_ih, gl.b_hh) = (g.db_ih, g.db_hh);
-        dy = if l > 0 {
-            apply_rows(
-                &g.dx,
-                &scales(seed, step, Mask::Hidden(l - 1), bn * d.i, dr.hidden),
-            )
-        } else {
-            g.dx
-        };
+        dy =
+            if l > 0 { apply_rows(&g.dx, &scales(seed, step, Mask::Hidden(l - 1), bn * d.i, dr.hidden)) } else { g.dx };
     }
     // Embedding: scatter-add through the input and word masks.
     for r in 0..n {
@@ -210,42 +159,19 @@ pub fn forward_backward(
             grads.emb[id * e + k] += word[id] * dy[r * e + k] * input[(r % bn) * e + k];
         }
     }
-    RefStep {
-        loss: [ce + ar + tar, ce, ar, tar],
-        grads,
-        state: new_state,
-    }
+    RefStep { loss: [ce + ar + tar, ce, ar, tar], grads, state: new_state }
 }
 
 /// The gradient norm and clip factor as PyTorch's `clip_grad_norm_`: (||g||, min(1, max / (||g|| + 1e-6))).
 pub fn clip_factor(grads: &[f32], max_norm: f32) -> (f32, f32) {
-    let norm = grads
-        .iter()
-        .map(|&g| (g as f64) * (g as f64))
-        .sum::<f64>()
-        .sqrt() as f32;
+    let norm = grads.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt() as f32;
     let coef = max_norm / (norm + 1e-6);
-    (
-        norm,
-        if max_norm > 0.0 && coef < 1.0 {
-            coef
-        } else {
-            1.0
-        },
-    )
+    (norm, if max_norm > 0.0 && coef < 1.0 { coef } else { 1.0 })
 }
 
 /// Adam(W) on flat buffers at step `t` (>= 1), gradients multiplied by `scale` first; the
 /// formula of `ulmfit_tensor::optim::Adam::step`.
-pub fn adam(
-    w: &mut [f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    grads: &[f32],
-    h: &Hyper,
-    t: u32,
-    scale: f32,
-) {
+pub fn adam(w: &mut [f32], m: &mut [f32], v: &mut [f32], grads: &[f32], h: &Hyper, t: u32, scale: f32) {
     let c1 = 1.0 - h.beta1.powi(t as i32);
     let c2 = 1.0 - h.beta2.powi(t as i32);
     let decay = 1.0 - h.lr * h.weight_decay;

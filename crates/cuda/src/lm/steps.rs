@@ -185,21 +185,9 @@ pub fn decoder_gemms(cfg: &LmConfig, layout: &Layout) -> [Gemm<LmBuf>; 3] {
     let logits = mat(LmBuf::Logits, 0, n, vp);
     let dropped = mat(LmBuf::Dropped, 0, n, e);
     [
-        Gemm {
-            a: dropped,
-            b: transposed(emb),
-            c: logits,
-        },
-        Gemm {
-            a: logits,
-            b: emb,
-            c: mat(LmBuf::DDropped, 0, n, e),
-        },
-        Gemm {
-            a: transposed(logits),
-            b: dropped,
-            c: mat(LmBuf::Grads, layout.emb, vp, e),
-        },
+        Gemm { a: dropped, b: transposed(emb), c: logits },
+        Gemm { a: logits, b: emb, c: mat(LmBuf::DDropped, 0, n, e) },
+        Gemm { a: transposed(logits), b: dropped, c: mat(LmBuf::Grads, layout.emb, vp, e) },
     ]
 }
 
@@ -214,19 +202,9 @@ fn weight_drop(cfg: &LmConfig, layout: &Layout, l: usize, d: LstmDims, backward:
         let g = at(LmBuf::Grads, layout.layers[l][1]);
         (g, g)
     } else {
-        (
-            at(LmBuf::Layer(l, Buf::WHh), 0),
-            at(LmBuf::Params, layout.layers[l][1]),
-        )
+        (at(LmBuf::Layer(l, Buf::WHh), 0), at(LmBuf::Params, layout.layers[l][1]))
     };
-    Op::Dropout {
-        out,
-        inp,
-        n,
-        period: n,
-        p: cfg.drop.weight,
-        mask: Mask::Weight(l),
-    }
+    Op::Dropout { out, inp, n, period: n, p: cfg.drop.weight, mask: Mask::Weight(l) }
 }
 
 /// Forward: step counter, embedding, per layer (DropConnect, plan, hidden dropout, state
@@ -275,11 +253,7 @@ pub fn backward_ops(cfg: &LmConfig, layout: &Layout) -> Vec<Op> {
         ops.extend(layer_steps(l, backward_plan(d)));
         ops.push(weight_drop(cfg, layout, l, d, true));
         let [_, _, b_ih, b_hh] = layout.layers[l];
-        ops.push(Op::Copy {
-            dst: at(LmBuf::Grads, b_hh),
-            src: at(LmBuf::Grads, b_ih),
-            len: 4 * d.h,
-        });
+        ops.push(Op::Copy { dst: at(LmBuf::Grads, b_hh), src: at(LmBuf::Grads, b_ih), len: 4 * d.h });
         if l > 0 {
             ops.push(Op::Dropout {
                 out: at(LmBuf::Layer(l - 1, Buf::Dy), 0),
@@ -305,23 +279,12 @@ pub fn update_ops() -> Vec<Op> {
 pub fn check_ops(cfg: &LmConfig, layout: &Layout, ops: &[Op]) {
     let fits = |a: At, len: usize| {
         let have = buf_len(cfg, layout, a.buf);
-        assert!(
-            a.off + len <= have,
-            "LM op overruns {:?}: {} + {len} > {have}",
-            a.buf,
-            a.off
-        );
+        assert!(a.off + len <= have, "LM op overruns {:?}: {} + {len} > {have}", a.buf, a.off);
     };
     let dims = cfg.layer_dims();
     for op in ops {
         match *op {
-            Op::Dropout {
-                out,
-                inp,
-                n,
-                period,
-                ..
-            } => {
+            Op::Dropout { out, inp, n, period, .. } => {
                 assert!(period > 0 && n % period == 0, "LM dropout {op:?}: period");
                 fits(out, n);
                 fits(inp, n);

@@ -5,14 +5,10 @@ use ulmfit_lstm::{LstmDims, LstmParams};
 
 /// Deterministic uniform floats in [-scale, scale) (64-bit LCG; no rand dependency).
 pub fn uniform(n: usize, scale: f32, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
         })
         .collect()
@@ -53,12 +49,7 @@ impl Case {
     }
 
     pub fn params(&self) -> LstmParams<'_> {
-        LstmParams {
-            w_ih: &self.w_ih,
-            w_hh: &self.w_hh,
-            b_ih: &self.b_ih,
-            b_hh: &self.b_hh,
-        }
+        LstmParams { w_ih: &self.w_ih, w_hh: &self.w_hh, b_ih: &self.b_ih, b_hh: &self.b_hh }
     }
 }
 
@@ -66,22 +57,12 @@ impl Case {
 /// (so sums of many terms are judged on their scale); prints the max difference and the
 /// first bad index. NaN never passes.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol_rel: f32) {
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "{what}: length {} vs reference {}",
-        got.len(),
-        want.len()
-    );
+    assert_eq!(got.len(), want.len(), "{what}: length {} vs reference {}", got.len(), want.len());
     let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let atol = atol_rel * scale.max(1e-6);
     let (mut max_diff, mut max_at, mut first_bad) = (0.0f32, 0, None);
     for (k, (&a, &b)) in got.iter().zip(want).enumerate() {
-        let diff = if a.is_nan() {
-            f32::INFINITY
-        } else {
-            (a - b).abs()
-        };
+        let diff = if a.is_nan() { f32::INFINITY } else { (a - b).abs() };
         if diff > max_diff {
             (max_diff, max_at) = (diff, k);
         }
@@ -90,10 +71,7 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol_rel: 
             first_bad = Some(k);
         }
     }
-    println!(
-        "  {what:<6} n={:<7} max|diff|={max_diff:.3e} at {max_at} (max|ref|={scale:.3e})",
-        got.len()
-    );
+    println!("  {what:<6} n={:<7} max|diff|={max_diff:.3e} at {max_at} (max|ref|={scale:.3e})", got.len());
     if let Some(k) = first_bad {
         panic!(
             "{what}: mismatch at index {k}: got {} want {} (atol {atol:.2e}, rtol {rtol:.0e}); \

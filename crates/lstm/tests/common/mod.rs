@@ -50,12 +50,7 @@ impl Case {
         }
     }
     pub fn params(&self) -> LstmParams<'_> {
-        LstmParams {
-            w_ih: &self.w_ih,
-            w_hh: &self.w_hh,
-            b_ih: &self.b_ih,
-            b_hh: &self.b_hh,
-        }
+        LstmParams { w_ih: &self.w_ih, w_hh: &self.w_hh, b_ih: &self.b_ih, b_hh: &self.b_hh }
     }
 }
 

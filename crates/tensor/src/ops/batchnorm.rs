@@ -37,7 +37,13 @@ struct BatchNorm {
 impl Tensor {
     /// Batch norm of `self [N, C]` with affine `gamma`, `beta` `[C]`. In training mode the
     /// batch statistics are used and `stats` is updated; in eval mode `stats` is used.
-    pub fn batch_norm_1d(&self, gamma: &Tensor, beta: &Tensor, stats: &BatchNormStats, training: bool) -> Result<Tensor> {
+    pub fn batch_norm_1d(
+        &self,
+        gamma: &Tensor,
+        beta: &Tensor,
+        stats: &BatchNormStats,
+        training: bool,
+    ) -> Result<Tensor> {
         let [n, c] = *self.shape() else {
             return Err(bad("batch_norm_1d", format!("input must be [N, C], got {:?}", self.shape())));
         };
@@ -54,7 +60,9 @@ impl Tensor {
             let mut mean = vec![0.0; c];
             let mut var = vec![0.0; c];
             x.chunks(c).for_each(|row| mean.iter_mut().zip(row).for_each(|(m, v)| *m += v / n as f32));
-            x.chunks(c).for_each(|row| var.iter_mut().zip(row).zip(&mean).for_each(|((s, v), m)| *s += (v - m) * (v - m) / n as f32));
+            x.chunks(c).for_each(|row| {
+                var.iter_mut().zip(row).zip(&mean).for_each(|((s, v), m)| *s += (v - m) * (v - m) / n as f32)
+            });
             let unbiased = n as f32 / (n - 1) as f32;
             let mo = stats.momentum;
             stats.mean.data_mut().iter_mut().zip(&mean).for_each(|(r, m)| *r = (1.0 - mo) * *r + mo * m);
@@ -104,7 +112,11 @@ impl Op for BatchNorm {
                 dxhat * self.inv_std[ch]
             };
         }
-        Ok(vec![Some(Tensor::from_vec(dx, x.shape())?), Some(Tensor::from_vec(dgamma, &[c])?), Some(Tensor::from_vec(dbeta, &[c])?)])
+        Ok(vec![
+            Some(Tensor::from_vec(dx, x.shape())?),
+            Some(Tensor::from_vec(dgamma, &[c])?),
+            Some(Tensor::from_vec(dbeta, &[c])?),
+        ])
     }
 }
 

@@ -128,7 +128,12 @@ fn zip_repeat(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> Vec<f32> {
 
 /// Backward of `zip_repeat`: `da[i] = g[i] * pa`, `db[j] += g[i] * pb` over the repeats,
 /// where `(pa, pb) = partials(a[i], b[j])`.
-fn zip_repeat_backward(a: &[f32], b: &[f32], g: &[f32], partials: impl Fn(f32, f32) -> (f32, f32)) -> (Vec<f32>, Vec<f32>) {
+fn zip_repeat_backward(
+    a: &[f32],
+    b: &[f32],
+    g: &[f32],
+    partials: impl Fn(f32, f32) -> (f32, f32),
+) -> (Vec<f32>, Vec<f32>) {
     let mut da = vec![0.0; a.len()];
     let mut db = vec![0.0; b.len()];
     for ((dac, ac), gc) in da.chunks_mut(b.len()).zip(a.chunks(b.len())).zip(g.chunks(b.len())) {
@@ -149,7 +154,8 @@ impl Tensor {
             // row, a [1, B, H] dropout mask over [T, B, H]): no index arithmetic.
             (zip_repeat(&a, &b, |x, y| kind.apply(x, y)), self.shape().to_vec())
         } else {
-            let shape = broadcast_shape(self.shape(), rhs.shape()).ok_or_else(|| mismatch(kind.name(), self.shape(), rhs.shape()))?;
+            let shape = broadcast_shape(self.shape(), rhs.shape())
+                .ok_or_else(|| mismatch(kind.name(), self.shape(), rhs.shape()))?;
             let mut out = vec![0.0; shape.iter().product()];
             let (sa, sb) = (broadcast_strides(self.shape(), &shape), broadcast_strides(rhs.shape(), &shape));
             for_each_broadcast(&shape, &sa, &sb, |o, ia, ib| out[o] = kind.apply(a[ia], b[ib]));
@@ -331,7 +337,13 @@ impl Op for UnaryOp {
 
     fn backward(&self, inputs: &[Tensor], out: &Tensor, dout: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let x = &inputs[0];
-        let dx = x.data().iter().zip(out.data().iter()).zip(dout.data().iter()).map(|((&x, &y), &g)| g * self.0.derivative(x, y)).collect();
+        let dx = x
+            .data()
+            .iter()
+            .zip(out.data().iter())
+            .zip(dout.data().iter())
+            .map(|((&x, &y), &g)| g * self.0.derivative(x, y))
+            .collect();
         Ok(vec![Some(Tensor::from_vec(dx, x.shape())?)])
     }
 }

@@ -12,7 +12,18 @@ use crate::Tensor;
 use rayon::prelude::*;
 
 /// `C[M,N] (+)= op(A) · op(B)` for one matrix pair; `beta` 0 overwrites, 1 accumulates.
-fn product(a: &[f32], a_rows: usize, a_cols: usize, ta: bool, b: &[f32], b_rows: usize, b_cols: usize, tb: bool, beta: f32, c: &mut [f32]) {
+fn product(
+    a: &[f32],
+    a_rows: usize,
+    a_cols: usize,
+    ta: bool,
+    b: &[f32],
+    b_rows: usize,
+    b_cols: usize,
+    tb: bool,
+    beta: f32,
+    c: &mut [f32],
+) {
     let view = |d, r, c, t| if t { MatRef::new(d, r, c).t() } else { MatRef::new(d, r, c) };
     sgemm(1.0, view(a, a_rows, a_cols, ta), view(b, b_rows, b_cols, tb), beta, c);
 }
@@ -75,7 +86,18 @@ impl Tensor {
         let (br, bc) = if tb { (d.n, d.k) } else { (d.k, d.n) };
         for i in 0..d.batch {
             let bi = if d.shared_b { &b[..] } else { &b[i * br * bc..(i + 1) * br * bc] };
-            product(&a[i * ar * ac..(i + 1) * ar * ac], ar, ac, ta, bi, br, bc, tb, 0.0, &mut out[i * d.m * d.n..(i + 1) * d.m * d.n]);
+            product(
+                &a[i * ar * ac..(i + 1) * ar * ac],
+                ar,
+                ac,
+                ta,
+                bi,
+                br,
+                bc,
+                tb,
+                0.0,
+                &mut out[i * d.m * d.n..(i + 1) * d.m * d.n],
+            );
         }
         let s = self.shape();
         let rows = if ta { s[s.len() - 1] } else { s[s.len() - 2] }; // M of one batch entry

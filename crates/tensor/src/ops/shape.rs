@@ -23,7 +23,13 @@ struct Narrow {
 
 /// Copies the `[outer, len, inner]` blocks of `src` into `dst`, whose axis is `dst_len` long,
 /// starting at `offset` along it: the index map shared by concat and narrow.
-fn copy_along_axis(src: &[f32], (outer, len, inner): (usize, usize, usize), dst: &mut [f32], dst_len: usize, offset: usize) {
+fn copy_along_axis(
+    src: &[f32],
+    (outer, len, inner): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_len: usize,
+    offset: usize,
+) {
     for o in 0..outer {
         let s = &src[o * len * inner..(o + 1) * len * inner];
         dst[(o * dst_len + offset) * inner..][..len * inner].copy_from_slice(s);
@@ -76,7 +82,10 @@ impl Tensor {
     /// Elements `start..start + len` along `axis`.
     pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Tensor> {
         if axis >= self.rank() || start + len > self.dim(axis) {
-            return Err(bad("narrow", format!("range {start}..{} on axis {axis} out of bounds for shape {:?}", start + len, self.shape())));
+            return Err(bad(
+                "narrow",
+                format!("range {start}..{} on axis {axis} out of bounds for shape {:?}", start + len, self.shape()),
+            ));
         }
         let (outer, full, inner) = split_axis(self.shape(), axis);
         let data = self.data();

@@ -68,7 +68,11 @@ impl Tensor {
 
 impl Op for Softmax {
     fn name(&self) -> &'static str {
-        if self.log { "log_softmax" } else { "softmax" }
+        if self.log {
+            "log_softmax"
+        } else {
+            "softmax"
+        }
     }
 
     fn backward(&self, _inputs: &[Tensor], out: &Tensor, dout: &Tensor) -> Result<Vec<Option<Tensor>>> {
@@ -118,8 +122,8 @@ impl Tensor {
         let x = self.data();
         let x: &[f32] = &x;
         let mut probs = crate::pool::take(n * c); // every row written below
-        // Per row: -log p(target), or None when ignored. One exp per logit: p = exp(x - max)
-        // is summed, then scaled; log-sum-exp = max + ln(sum).
+                                                  // Per row: -log p(target), or None when ignored. One exp per logit: p = exp(x - max)
+                                                  // is summed, then scaled; log-sum-exp = max + ln(sum).
         let row_losses: Vec<Option<f64>> = probs
             .par_chunks_mut(c.max(1))
             .zip(x.par_chunks(c.max(1)))
@@ -153,7 +157,11 @@ impl Op for CrossEntropy {
         let x = &inputs[0];
         let c = x.dim(1);
         let scale = if self.count == 0 { 0.0 } else { dout.item()? / self.count as f32 };
-        let mut dx = self.probs.borrow_mut().take().ok_or_else(|| bad("cross_entropy", "backward ran twice through the same graph"))?;
+        let mut dx = self
+            .probs
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| bad("cross_entropy", "backward ran twice through the same graph"))?;
         let ignore = self.ignore_index;
         dx.par_chunks_mut(c.max(1)).zip(self.targets.par_iter()).for_each(|(row, &t)| {
             if Some(t) == ignore {

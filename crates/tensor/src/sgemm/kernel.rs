@@ -115,11 +115,7 @@ unsafe fn tile_rows<const R: usize, const V: usize>(
                 break;
             }
             // Lanes lo..cols of this vector are inside the tile.
-            let mask: __mmask16 = if cols - lo >= 16 {
-                0xffff
-            } else {
-                (1u16 << (cols - lo)) - 1
-            };
+            let mask: __mmask16 = if cols - lo >= 16 { 0xffff } else { (1u16 << (cols - lo)) - 1 };
             // SAFETY: row i < rows and lanes < cols lie inside C (caller's contract); the
             // masked load/store touch no other lanes.
             unsafe {

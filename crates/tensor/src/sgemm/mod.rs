@@ -102,12 +102,7 @@ impl PackedB {
             Path::Avx512 => pack::pack_panels::<NR>(b),
             Path::Portable => pack::row_major(b),
         };
-        PackedB {
-            k: b.rows,
-            n: b.cols,
-            path,
-            data,
-        }
+        PackedB { k: b.rows, n: b.cols, path, data }
     }
 
     /// Rows of B (the inner dimension K).
@@ -127,22 +122,11 @@ impl PackedB {
 /// Panics (naming the shapes) if the dimensions disagree.
 pub fn gemm_packed(alpha: f32, a: MatRef, b: &PackedB, beta: f32, c: &mut [f32]) {
     let (m, k, n) = (a.rows, a.cols, b.n);
-    assert_eq!(
-        k, b.k,
-        "sgemm: inner dimensions differ: A is [{m}x{k}], B is [{}x{n}]",
-        b.k
-    );
-    assert_eq!(
-        c.len(),
-        m * n,
-        "sgemm: C has {} elements, expected [{m}x{n}]",
-        c.len()
-    );
+    assert_eq!(k, b.k, "sgemm: inner dimensions differ: A is [{m}x{k}], B is [{}x{n}]", b.k);
+    assert_eq!(c.len(), m * n, "sgemm: C has {} elements, expected [{m}x{n}]", c.len());
     check(a, "A");
     match b.path {
-        Path::Portable => {
-            crate::gemm::portable_sgemm(alpha, a, MatRef::new(b.data.as_slice(), k, n), beta, c)
-        }
+        Path::Portable => crate::gemm::portable_sgemm(alpha, a, MatRef::new(b.data.as_slice(), k, n), beta, c),
         Path::Avx512 => blocked(alpha, a, BSrc::Packed(b.data.as_slice()), beta, c, n),
     }
 }
@@ -152,22 +136,13 @@ pub fn gemm_packed(alpha: f32, a: MatRef, b: &PackedB, beta: f32, c: &mut [f32])
 /// Same contract as [`crate::gemm::sgemm`]; prefer [`gemm_packed`] when B is reused.
 pub fn gemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32]) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(
-        k, b.rows,
-        "sgemm: inner dimensions differ: A is [{m}x{k}], B is [{}x{n}]",
-        b.rows
-    );
+    assert_eq!(k, b.rows, "sgemm: inner dimensions differ: A is [{m}x{k}], B is [{}x{n}]", b.rows);
     match detect() {
         Path::Portable => crate::gemm::portable_sgemm(alpha, a, b, beta, c),
         // One row block: each task packs its own B panels as it goes, so every B element
         // is copied once, while still in cache. More: pack B once, share it across row blocks.
         Path::Avx512 if m <= MC => {
-            assert_eq!(
-                c.len(),
-                m * n,
-                "sgemm: C has {} elements, expected [{m}x{n}]",
-                c.len()
-            );
+            assert_eq!(c.len(), m * n, "sgemm: C has {} elements, expected [{m}x{n}]", c.len());
             check(a, "A");
             check(b, "B");
             blocked(alpha, a, BSrc::Raw(b), beta, c, n)
@@ -207,25 +182,12 @@ fn blocked(alpha: f32, a: MatRef, b: BSrc, beta: f32, c: &mut [f32], n: usize) {
     // Column blocks: at most NC wide, and enough of them for two tasks per thread.
     let m_blocks = m.div_ceil(MC);
     let n_panels = n.div_ceil(NR);
-    let want = if serial {
-        1
-    } else {
-        (2 * threads).div_ceil(m_blocks)
-    };
+    let want = if serial { 1 } else { (2 * threads).div_ceil(m_blocks) };
     let n_blocks = want.max(n.div_ceil(NC)).min(n_panels);
     let nc = n_panels.div_ceil(n_blocks) * NR;
     let n_blocks = n.div_ceil(nc);
     let kc = k.div_ceil(k.div_ceil(KC));
-    let product = Product {
-        alpha,
-        beta,
-        a,
-        b,
-        k,
-        n,
-        kc,
-        out: OutPtr(c.as_mut_ptr()),
-    };
+    let product = Product { alpha, beta, a, b, k, n, kc, out: OutPtr(c.as_mut_ptr()) };
     // Task t covers rows ib*MC.., columns jb*nc..; consecutive tasks share B columns, so
     // rayon's halving hands each thread its own half of B.
     let task = |scratch: &mut Scratch, t: usize| {
@@ -243,9 +205,7 @@ fn blocked(alpha: f32, a: MatRef, b: BSrc, beta: f32, c: &mut [f32], n: usize) {
         let mut scratch = new_scratch();
         (0..m_blocks * n_blocks).for_each(|t| task(&mut scratch, t));
     } else {
-        (0..m_blocks * n_blocks)
-            .into_par_iter()
-            .for_each_init(new_scratch, task);
+        (0..m_blocks * n_blocks).into_par_iter().for_each_init(new_scratch, task);
     }
 }
 
@@ -275,22 +235,14 @@ impl Product<'_> {
     ///
     /// # Safety
     /// No other thread may touch this block of C during the call; AVX-512F must be available.
-    unsafe fn block(
-        &self,
-        scratch: &mut Scratch,
-        rows: std::ops::Range<usize>,
-        cols: std::ops::Range<usize>,
-    ) {
+    unsafe fn block(&self, scratch: &mut Scratch, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
         let (k, n) = (self.k, self.n);
         for pc in (0..k).step_by(self.kc) {
             let kc = self.kc.min(k - pc);
             // Later K slices accumulate onto the first one's result.
             let beta = if pc == 0 { self.beta } else { 1.0 };
             // A^T [kc, rows] in MR-wide panels: panel r holds rows.start + r*MR .., [kc][MR].
-            pack::pack_into::<MR>(
-                pack::sub_view(self.a.t(), pc, rows.start, kc, rows.len()),
-                scratch.a.as_mut_slice(),
-            );
+            pack::pack_into::<MR>(pack::sub_view(self.a.t(), pc, rows.start, kc, rows.len()), scratch.a.as_mut_slice());
             let ap = scratch.a.as_slice();
             for j in cols.clone().step_by(NR) {
                 let b_panel = match self.b {

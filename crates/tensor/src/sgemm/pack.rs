@@ -52,16 +52,10 @@ pub fn pack_panels<const W: usize>(src: MatRef) -> AlignedBuf {
     if src.rows * src.cols >= 1 << 18 {
         // 8 panels per task keep row-major reads a few cache lines long.
         let group = 8 * W;
-        out.as_mut_slice()
-            .par_chunks_mut(src.rows * group)
-            .enumerate()
-            .for_each(|(g, dst)| {
-                let c0 = g * group;
-                pack_into::<W>(
-                    sub_view(src, 0, c0, src.rows, group.min(src.cols - c0)),
-                    dst,
-                )
-            });
+        out.as_mut_slice().par_chunks_mut(src.rows * group).enumerate().for_each(|(g, dst)| {
+            let c0 = g * group;
+            pack_into::<W>(sub_view(src, 0, c0, src.rows, group.min(src.cols - c0)), dst)
+        });
     } else {
         pack_into::<W>(src, out.as_mut_slice());
     }
@@ -71,11 +65,7 @@ pub fn pack_panels<const W: usize>(src: MatRef) -> AlignedBuf {
 /// A row-major copy of `src` (the portable path's "packed" B).
 pub fn row_major(src: MatRef) -> AlignedBuf {
     let mut out = AlignedBuf::zeros(src.rows * src.cols);
-    for (r, row) in out
-        .as_mut_slice()
-        .chunks_exact_mut(src.cols.max(1))
-        .enumerate()
-    {
+    for (r, row) in out.as_mut_slice().chunks_exact_mut(src.cols.max(1)).enumerate() {
         for (c, x) in row.iter_mut().enumerate() {
             *x = src.data[r * src.rs + c * src.cs];
         }
@@ -85,17 +75,8 @@ pub fn row_major(src: MatRef) -> AlignedBuf {
 
 /// The `rows x cols` block of `m` whose top-left element is `(r0, c0)`.
 pub fn sub_view(m: MatRef, r0: usize, c0: usize, rows: usize, cols: usize) -> MatRef {
-    let start = if rows > 0 && cols > 0 {
-        r0 * m.rs + c0 * m.cs
-    } else {
-        0
-    };
-    MatRef {
-        data: &m.data[start..],
-        rows,
-        cols,
-        ..m
-    }
+    let start = if rows > 0 && cols > 0 { r0 * m.rs + c0 * m.cs } else { 0 };
+    MatRef { data: &m.data[start..], rows, cols, ..m }
 }
 
 /// Packs `src` into panels of width `W` at the start of `dst`, on the calling thread.
@@ -143,11 +124,7 @@ pub fn pack_into<const W: usize>(src: MatRef, dst: &mut [f32]) {
             }
             // The rest one value at a time: rows below the blocks, columns right of them.
             for c in 0..cols {
-                let left = if c < fast_cols {
-                    fast_end..band.end
-                } else {
-                    band.clone()
-                };
+                let left = if c < fast_cols { fast_end..band.end } else { band.clone() };
                 let col = &src.data[c * src.cs..];
                 for r in left {
                     dst[at(r, c)] = col[r * src.rs];
@@ -161,9 +138,7 @@ pub fn pack_into<const W: usize>(src: MatRef, dst: &mut [f32]) {
 /// `dst`: row r's first 8 values at `lo + r * ldd`, its last 8 at `hi + r * ldd`.
 fn transpose_block(src: &[f32], lds: usize, dst: &mut [f32], lo: usize, hi: usize, ldd: usize) {
     assert!(
-        src.len() >= 15 * lds + 16
-            && dst.len() >= lo.max(hi) + 15 * ldd + 8
-            && lo.abs_diff(hi) >= 8,
+        src.len() >= 15 * lds + 16 && dst.len() >= lo.max(hi) + 15 * ldd + 8 && lo.abs_diff(hi) >= 8,
         "sgemm: transpose block out of bounds"
     );
     // SAFETY: both extents checked just above (the two halves do not overlap); only

@@ -12,19 +12,14 @@ pub fn data_dir(test: &str) -> Option<PathBuf> {
     if dir.join("README.md").exists() {
         Some(dir)
     } else {
-        println!(
-            "SKIP {test}: data dir {} not found (set ULMFIT_DATA)",
-            dir.display()
-        );
+        println!("SKIP {test}: data dir {} not found (set ULMFIT_DATA)", dir.display());
         None
     }
 }
 
 /// A fresh scratch directory under the target dir.
 pub fn scratch(name: &str) -> PathBuf {
-    let base = std::env::var_os("CARGO_TARGET_TMPDIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
+    let base = std::env::var_os("CARGO_TARGET_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
     let dir = base.join(format!("ulmfit-text-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
