@@ -2,16 +2,13 @@
 //! trained twice with one seed must report bit-identical perplexities and test errors,
 //! and a different seed must change them.
 
+mod common;
+
+use common::data_dir;
 use std::path::PathBuf;
 
 use ulmfit_trainer::config::Config;
 use ulmfit_trainer::pipeline::{self, RunResults};
-
-fn data_dir() -> PathBuf {
-    std::env::var_os("ULMFIT_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data")))
-}
 
 fn run(seed: u64, tag: &str) -> RunResults {
     let out = std::env::temp_dir().join(format!("ulmfit-determinism-{}-{tag}", std::process::id()));

@@ -1,16 +1,13 @@
 //! The LR range test on a tiny AWD-LSTM over PTB's validation text, 30 steps: it must draw
 //! its plot, record exponentially increasing LRs from 1e-7, and suggest an LR in range.
 
+mod common;
+
+use common::data_dir;
 use std::path::PathBuf;
 
 use ulmfit_trainer::config::Config;
 use ulmfit_trainer::lr_find::lr_find;
-
-fn data_dir() -> PathBuf {
-    std::env::var_os("ULMFIT_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data")))
-}
 
 #[test]
 fn lr_find_on_tiny_ptb_model() {

@@ -5,6 +5,9 @@
 //! run writes its checkpoints, metrics and results, and that `predict`'s building blocks
 //! load the classifier back.
 
+mod common;
+
+use common::data_dir;
 use std::path::PathBuf;
 
 use ulmfit_trainer::config::Config;
@@ -12,12 +15,6 @@ use ulmfit_trainer::pipeline;
 
 /// Accuracy points over the majority class that the test asserts.
 const MARGIN: f64 = 0.05;
-
-fn data_dir() -> PathBuf {
-    std::env::var_os("ULMFIT_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data")))
-}
 
 #[test]
 fn tiny_pipeline_beats_majority_on_imdb_sample() {
