@@ -16,6 +16,7 @@
 
 use std::ops::Range;
 
+use crate::batched;
 use crate::cell::{self, CellBwd, CellFwd, Isa};
 use crate::pool;
 use crate::recurrent::Recurrent;
@@ -51,6 +52,11 @@ pub fn forward(d: LstmDims, p: &LstmParams, x: &[f32], h0: &[f32], c0: &[f32], i
     let mut y = vec![0.0; tn * bh];
     // gates [T*B, 4H] = X [T*B, I] . W_ih^T
     sgemm(1.0, MatRef::new(x, tn * bn, inp), MatRef::new(p.w_ih, g4, inp).t(), 0.0, &mut gates);
+    if batched::pays(bn, hn, isa) {
+        batched::forward((bn, hn), p.w_hh, &bias, (h0, c0), &mut gates, &mut c, &mut y, isa);
+        let (h_n, c_n) = (last_step(&y, h0, tn), last_step(&c, c0, tn));
+        return (LstmOutput { y, h_n, c_n }, Saved { gates, c });
+    }
     let rec = Recurrent::new(p.w_hh, hn, isa, false);
     let blocks = row_blocks(bn);
     let views = split_rows(&mut gates, bn, g4, &blocks).into_iter().zip(split_rows(&mut c, bn, hn, &blocks));
@@ -66,14 +72,7 @@ pub fn forward(d: LstmDims, p: &LstmParams, x: &[f32], h0: &[f32], c0: &[f32], i
             rec.forward_step(h_prev, &mut s, rows.len());
         }
     });
-    let last = |v: &[f32], init: &[f32]| {
-        if tn == 0 {
-            init.to_vec()
-        } else {
-            v[(tn - 1) * bh..].to_vec()
-        }
-    };
-    let (h_n, c_n) = (last(&y, h0), last(&c, c0));
+    let (h_n, c_n) = (last_step(&y, h0, tn), last_step(&c, c0, tn));
     (LstmOutput { y, h_n, c_n }, Saved { gates, c })
 }
 
@@ -113,10 +112,45 @@ pub fn backward(
     let (mut gates, c) = (std::mem::take(&mut saved.gates), std::mem::take(&mut saved.c));
     let mut dh = dh_n.map_or(vec![0.0; bh], <[f32]>::to_vec);
     let mut dc = dc_n.map_or(vec![0.0; bh], <[f32]>::to_vec);
-    let rec = Recurrent::new(p.w_hh, hn, isa, true);
+    if batched::pays(bn, hn, isa) {
+        batched::backward((bn, hn), p.w_hh, c0, &c, dy, &mut gates, (&mut dh, &mut dc), isa);
+    } else {
+        recurrent_backward((bn, hn), p.w_hh, (c0, &c), dy, &mut gates, (&mut dh, &mut dc), isa);
+    }
+    // The whole-sequence GEMMs over dz [T*B, 4H].
+    // The whole-sequence GEMMs over dz [T*B, 4H].
+    let dz = MatRef::new(&gates, rows, g4);
+    let mut dx = vec![0.0; rows * inp];
+    sgemm(1.0, dz, MatRef::new(p.w_ih, g4, inp), 0.0, &mut dx);
+    let mut dw_ih = vec![0.0; g4 * inp];
+    sgemm(1.0, dz.t(), MatRef::new(x, rows, inp), 0.0, &mut dw_ih);
+    // dW_hh = sum_t dz_t^T h_{t-1}: h0 for step 0, y_{t-1} for the rest
+    let mut dw_hh = vec![0.0; g4 * hn];
+    if tn > 0 {
+        sgemm(1.0, MatRef::new(&gates[..bn * g4], bn, g4).t(), MatRef::new(h0, bn, hn), 0.0, &mut dw_hh);
+        let later = MatRef::new(&gates[bn * g4..], rows - bn, g4).t();
+        sgemm(1.0, later, MatRef::new(&y[..(rows - bn) * hn], rows - bn, hn), 1.0, &mut dw_hh);
+    }
+    let db = column_sums(&gates, g4);
+    (saved.gates, saved.c) = (gates, c); // back to the pool
+    LstmGrads { dx, dh0: dh, dc0: dc, dw_ih, dw_hh, db_ih: db.clone(), db_hh: db }
+}
+/// The per-row-block backward loop: each thread takes a block of rows for the whole
+/// sequence; per step the fused `dz_t W_hh` tiles feed the gate-gradient cell of step t-1.
+fn recurrent_backward(
+    (bn, hn): (usize, usize),
+    w_hh: &[f32],
+    (c0, c): (&[f32], &[f32]),
+    dy: &[f32],
+    gates: &mut [f32],
+    (dh, dc): (&mut [f32], &mut [f32]),
+    isa: Isa,
+) {
+    let (g4, tn) = (4 * hn, c.len() / (bn * hn).max(1));
+    let rec = Recurrent::new(w_hh, hn, isa, true);
     let blocks = row_blocks(bn);
-    let views = split_rows(&mut gates, bn, g4, &blocks).into_iter().zip(split_blocks(&mut dh, hn, &blocks));
-    let mut views: Vec<_> = views.zip(split_blocks(&mut dc, hn, &blocks)).zip(&blocks).collect();
+    let views = split_rows(gates, bn, g4, &blocks).into_iter().zip(split_blocks(dh, hn, &blocks));
+    let mut views: Vec<_> = views.zip(split_blocks(dc, hn, &blocks)).zip(&blocks).collect();
     views.par_iter_mut().for_each(|(((dz, dh), dc), rows)| {
         let (r0, nr) = (rows.start, rows.len());
         // This block's rows of a [T, B, H] buffer at step t.
@@ -156,23 +190,17 @@ pub fn backward(
         }
         rec.backward_step(&*dz[0], dh, None, nr);
     });
-    // The whole-sequence GEMMs over dz [T*B, 4H].
-    let dz = MatRef::new(&gates, rows, g4);
-    let mut dx = vec![0.0; rows * inp];
-    sgemm(1.0, dz, MatRef::new(p.w_ih, g4, inp), 0.0, &mut dx);
-    let mut dw_ih = vec![0.0; g4 * inp];
-    sgemm(1.0, dz.t(), MatRef::new(x, rows, inp), 0.0, &mut dw_ih);
-    // dW_hh = sum_t dz_t^T h_{t-1}: h0 for step 0, y_{t-1} for the rest
-    let mut dw_hh = vec![0.0; g4 * hn];
-    if tn > 0 {
-        sgemm(1.0, MatRef::new(&gates[..bn * g4], bn, g4).t(), MatRef::new(h0, bn, hn), 0.0, &mut dw_hh);
-        let later = MatRef::new(&gates[bn * g4..], rows - bn, g4).t();
-        sgemm(1.0, later, MatRef::new(&y[..(rows - bn) * hn], rows - bn, hn), 1.0, &mut dw_hh);
-    }
-    let db = column_sums(&gates, g4);
-    (saved.gates, saved.c) = (gates, c); // back to the pool
-    LstmGrads { dx, dh0: dh, dc0: dc, dw_ih, dw_hh, db_ih: db.clone(), db_hh: db }
 }
+
+/// The last step's [B, H] of a [T, B, H] buffer, or `init` when T = 0.
+fn last_step(v: &[f32], init: &[f32], tn: usize) -> Vec<f32> {
+    if tn == 0 {
+        init.to_vec()
+    } else {
+        v[(tn - 1) * init.len()..].to_vec()
+    }
+}
+
 /// Threads the time loops split batch rows over (rayon's pool; `RAYON_NUM_THREADS` sets it).
 pub fn num_threads() -> usize {
     rayon::current_num_threads().max(1)

@@ -5,10 +5,12 @@
 //! - [`op`]: the fused layer as one `ulmfit_tensor` autograd op.
 //! - [`cell`]: the per-step fused cell kernels (AVX-512, AVX2+FMA, scalar), picked at run time.
 //! - [`stack`]: multi-layer stacks with per-layer sizes, carried state and DropConnect.
+//! - `batched`: the time loops with one packed GEMM per step over all rows (large H).
 //! - `recurrent`: the per-step recurrent products with W_hh prepared once per sequence.
 //! - `pool`: recycled trace buffers, so forwards do not page-fault fresh memory.
 //! - `simd`: the lane trait and the exp / sigmoid / tanh approximations the cell uses.
 
+mod batched;
 pub mod cell;
 pub mod layer;
 pub mod op;
