@@ -12,18 +12,39 @@
 
 use crate::gemm::MatRef;
 use rayon::prelude::*;
+use std::cell::RefCell;
 
 /// Float buffer whose slice starts on a 64-byte (cache-line, zmm) boundary.
+///
+/// Its storage comes from, and goes back to, a small per-thread free list, so the packing
+/// scratch of a product called once per LSTM time step is not allocated (and page-faulted)
+/// every step.
 pub struct AlignedBuf {
     buf: Vec<f32>,
     off: usize,
     len: usize,
 }
 
+/// Buffers kept per thread for reuse.
+const FREE_KEEP: usize = 4;
+
+thread_local! {
+    static FREE: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+}
+
 impl AlignedBuf {
     /// `len` zeros, 64-byte aligned.
     pub fn zeros(len: usize) -> Self {
-        let buf = vec![0.0f32; len + 15];
+        let want = len + 15;
+        // Reuse a free buffer that fits without being far larger than needed.
+        let reused = FREE.with(|f| {
+            let mut f = f.borrow_mut();
+            let fit = f.iter().position(|b| (want..=2 * want + 4096).contains(&b.capacity()));
+            fit.map(|i| f.swap_remove(i))
+        });
+        let mut buf = reused.unwrap_or_default();
+        buf.clear();
+        buf.resize(want, 0.0);
         let off = buf.as_ptr().align_offset(64).min(15);
         AlignedBuf { buf, off, len }
     }
@@ -36,6 +57,18 @@ impl AlignedBuf {
     /// The aligned floats, mutable.
     pub fn as_mut_slice(&mut self) -> &mut [f32] {
         &mut self.buf[self.off..self.off + self.len]
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        FREE.with(|f| {
+            let mut f = f.borrow_mut();
+            if f.len() < FREE_KEEP {
+                f.push(buf);
+            }
+        });
     }
 }
 
