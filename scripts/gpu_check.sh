@@ -4,6 +4,9 @@
 # (git-ignored), and checks the bundle stays small. The GPU machine has no cargo: it runs
 # scripts/gpu_run.sh from the repo root with gpu_bundle/ carried.
 #
+# It also copies the GPU presets' data (WikiText-2, TREC-6) from $ULMFIT_DATA into
+# gpu_bundle/data, since the GPU machine cannot reach ../shared.
+#
 # Usage: scripts/gpu_check.sh            (from anywhere; CARGO_TARGET_DIR is honoured)
 set -euo pipefail
 
@@ -11,13 +14,14 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target/cuda}"
 BUNDLE="${BUNDLE:-$ROOT/gpu_bundle}"  # override only for a dry run here
-MAX_MIB=40
+MAX_MIB=60
 
 echo "== building release binaries (target dir $CARGO_TARGET_DIR)"
 cargo build --release --bin ulmfit
 # The test binaries' paths come from cargo's JSON messages (names carry a hash).
 TESTS_JSON="$(mktemp)"
 cargo test --release -p ulmfit-cuda --no-run --message-format=json >"$TESTS_JSON"
+cargo test --release -p ulmfit-trainer --no-run --message-format=json >>"$TESTS_JSON"
 
 rm -rf "$BUNDLE"
 mkdir -p "$BUNDLE/tests"
@@ -25,6 +29,7 @@ cp "$CARGO_TARGET_DIR/release/ulmfit" "$BUNDLE/ulmfit"
 python3 - "$TESTS_JSON" "$BUNDLE/tests" <<'EOF'
 import json, shutil, sys
 src, dst = sys.argv[1], sys.argv[2]
+WANT_TRAINER = ("gpu_lm", "cuda")  # the trainer's GPU tests; the rest run here
 copied = []
 for line in open(src):
     try:
@@ -34,9 +39,11 @@ for line in open(src):
     exe = msg.get("executable")
     if msg.get("reason") == "compiler-artifact" and exe and msg["target"]["kind"] == ["test"]:
         name = msg["target"]["name"]
+        if "trainer" in msg["package_id"] and not any(k in name for k in WANT_TRAINER):
+            continue
         shutil.copy(exe, f"{dst}/{name}")
         copied.append(name)
-need = {"lstm_vs_ref", "no_driver", "plan_on_cpu", "lm_on_cpu", "lm_replay", "lm_vs_ref"}
+need = {"lstm_vs_ref", "no_driver", "plan_on_cpu", "lm_on_cpu", "lm_replay", "lm_vs_ref", "gpu_lm"}
 missing = need - set(copied)
 if missing:
     sys.exit(f"gpu_check: test binaries not built: {sorted(missing)}")
@@ -44,6 +51,12 @@ print("test binaries:", " ".join(sorted(copied)))
 EOF
 rm -f "$TESTS_JSON"
 strip "$BUNDLE/ulmfit" "$BUNDLE"/tests/*
+
+# The data of the GPU presets (the device machine has no ../shared): WikiText-2 and TREC.
+DATA="${ULMFIT_DATA:-$ROOT/../shared/data}"
+mkdir -p "$BUNDLE/data/wikitext-2" "$BUNDLE/data/trec"
+cp "$DATA"/wikitext-2/wiki.{train,valid,test}.tokens "$BUNDLE/data/wikitext-2/"
+cp "$DATA"/trec/*.label "$BUNDLE/data/trec/"
 
 {
     echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -n)"

@@ -6,16 +6,22 @@
 #   3. the AWD-LSTM LM training step (`ulmfit bench lm-step --device cuda`, TF32 and FP32)
 #      against the same step in PyTorch (fastai, or its plain-PyTorch twin when fastai is absent),
 #   4. PyTorch + cuDNN on the LSTM cases and the ours/PyTorch ratios,
-#   5. if time is left, compute-sanitizer memcheck over the FP32 and graph tests (LSTM, LM).
-# Logs and results go to $OUT (default ./gpu_out); results.md there is the summary, printed
-# last. Each step has a timeout and the whole run stays under DEADLINE_S seconds.
+#   5. if time is left, compute-sanitizer memcheck over the FP32 and graph tests (LSTM, LM),
+#   6. the GPU preset: `ulmfit run configs/trec-gpu.toml` on gpu_bundle/data (WikiText-2 ->
+#      TREC-6), its results.json and metrics.csv copied into $OUT.
+# PARTS picks them: "tests" (1), "bench" (2-4), "sanitizer" (5), "trec" (6); default
+# "tests bench sanitizer". Logs and results go to $OUT (default ./gpu_out); results.md there
+# is the summary, printed last. Each step has a timeout and the whole run stays under
+# DEADLINE_S seconds (default 350).
 set -u
 
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_out}"
 mkdir -p "$OUT"
 B="${BUNDLE:-gpu_bundle}"  # override only for a dry run
-DEADLINE_S=350
+DEADLINE_S="${DEADLINE_S:-350}"
+PARTS="${PARTS:-tests bench sanitizer}"
+has() { [[ " $PARTS " == *" $1 "* ]]; }
 START=$(date +%s)
 RESULTS="$OUT/results.md"
 export ULMFIT_REQUIRE_GPU=1 RUST_BACKTRACE=1
@@ -62,12 +68,24 @@ fi
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || echo "nvidia-smi not available"
 
 # 1. tests (one thread: the GPU tests serialize anyway; output shows in order)
-for t in no_driver plan_on_cpu lstm_vs_ref lm_on_cpu lm_replay lm_vs_ref; do
-    step "test $t" 120 "$OUT/test_$t.log" "$B/tests/$t" --test-threads=1 --nocapture
-done
+if has tests; then
+    for t in $(ls "$B/tests"); do
+        step "test $t" 120 "$OUT/test_$t.log" "$B/tests/$t" --test-threads=1 --nocapture
+    done
+fi
+
+# 6 first when asked for, since it is the long one: the GPU preset, WikiText-2 -> TREC-6.
+if has trec; then
+    RUN_DIR=/tmp/ulmfit-trec-gpu  # checkpoints stay here: too big to come back
+    step "trec-gpu preset" "${TREC_S:-400}" "$OUT/trec_run.log" \
+        env ULMFIT_DATA="$PWD/$B/data" "$B/ulmfit" run configs/trec-gpu.toml --out "$RUN_DIR"
+    cp "$RUN_DIR/results.json" "$OUT/trec_results.json" 2>/dev/null
+    cp "$RUN_DIR/metrics.csv" "$OUT/trec_metrics.csv" 2>/dev/null
+fi
 
 # 2. our benches, JSON lines into ours.jsonl (text lines go to bench_*.log)
 : >"$OUT/ours.jsonl"
+if has bench; then
 bench() { # NAME SIZES BATCH SEQ [--tf32]
     local name=$1 sizes=$2 batch=$3 seq=$4
     shift 4
@@ -95,8 +113,12 @@ step "lm-step ours fp32 (parts)" 40 "$OUT/lm_step_ours_fp32.log" \
 step "pytorch cudnn" 150 "$OUT/torch.log" \
     python3 scripts/bench_lstm_cudnn.py --ours "$OUT/ours.jsonl" --json "$OUT/torch.jsonl"
 
+fi
+
 # 5. memory checker over the kernels (skips the OOM test: a refused allocation is reported)
-if command -v compute-sanitizer >/dev/null; then
+if ! has sanitizer; then
+    :
+elif command -v compute-sanitizer >/dev/null; then
     step "compute-sanitizer memcheck lm" 60 "$OUT/sanitizer_lm.log" \
         compute-sanitizer --tool memcheck --error-exitcode 3 "$B/tests/lm_vs_ref" \
         --test-threads=1 --skip tf32 --skip loss_decreases --skip repeat
@@ -143,6 +165,11 @@ fi
     echo '```'
     grep -m12 -E "step [12]: loss|^  (loss|grad emb|grad w_hh0|h_n0) " "$OUT/test_lm_vs_ref.log"
     echo '```'
+    echo "## trec-gpu preset"
+    echo '```'
+    grep -E "epoch|test error|error:|corpus|GPU|CPU" "$OUT/trec_run.log" 2>/dev/null | tail -60
+    cat "$OUT/trec_results.json" 2>/dev/null
+    echo '```'
     echo "## sanitizer (tail)"
     echo '```'
     tail -5 "$OUT/sanitizer.log" 2>/dev/null
@@ -152,4 +179,4 @@ fi
 } >>"$RESULTS"
 cat "$RESULTS"
 # Only 8 files come back from the device machine: keep results.md and ours.jsonl, pack the logs.
-(cd "$OUT" && tar czf logs.tgz --remove-files $(ls | grep -v -E '^(results\.md|ours\.jsonl|logs\.tgz)$'))
+(cd "$OUT" && tar czf logs.tgz --remove-files $(ls | grep -v -E '^(results\.md|ours\.jsonl|logs\.tgz|trec_.*)$'))

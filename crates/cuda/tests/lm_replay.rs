@@ -19,7 +19,7 @@ use ulmfit_cuda::lm::reference::{adam, clip_factor, forward_backward, zero_state
 use ulmfit_cuda::lm::steps::{
     backward_ops, buf_len, check_ops, forward_ops, layer_at, raw_at, update_ops, At, LmBuf, Op,
 };
-use ulmfit_cuda::lm::{Dropouts, Hyper, LmConfig, LmWeights};
+use ulmfit_cuda::lm::{Dropouts, Hyper, LmConfig, LmWeights, HYPER_LEN};
 use ulmfit_cuda::plan::{Buf, Gemm};
 
 /// Host copies of every device buffer of the step.
@@ -70,7 +70,7 @@ impl Host {
                 let v = match b {
                     LmBuf::Params => layout.to_flat(w),
                     LmBuf::Grads => layout.to_flat(&nan),
-                    LmBuf::Hyper => h.to_array().to_vec(),
+                    LmBuf::Hyper => layout.groups().iter().flat_map(|_| h.to_slot(false, 0)).collect(),
                     LmBuf::Ones => vec![1.0; n],
                     LmBuf::AdamM | LmBuf::AdamV => vec![0.0; n],
                     LmBuf::Layer(_, Buf::H0 | Buf::C0 | Buf::DhN | Buf::DcN) => vec![0.0; n],
@@ -365,40 +365,46 @@ fn run(h: &mut Host, op: &Op) {
             }
             h.write(demb_at, &demb);
         }
-        Op::SumsqPartial => {
-            let g = h.read(at(LmBuf::Grads, 0), h.layout.total);
+        Op::SumsqPartial { group } => {
+            let (off, len) = h.layout.groups()[group];
+            let frozen = h.read(at(LmBuf::Hyper, group * HYPER_LEN + 6), 1)[0] != 0.0;
+            let g = h.read(at(LmBuf::Grads, off), len);
             let mut partial = vec![0.0f32; NORM_BLOCKS];
-            for (i, x) in g.iter().enumerate() {
+            for (i, x) in g.iter().enumerate().filter(|_| !frozen) {
                 partial[(i % (NORM_BLOCKS * 256)) / 256] += x * x;
             }
-            h.write(at(LmBuf::Partial, 0), &partial);
+            h.write(at(LmBuf::Partial, group * NORM_BLOCKS), &partial);
         }
         Op::ClipScale => {
-            let norm = h.read(at(LmBuf::Partial, 0), NORM_BLOCKS).iter().sum::<f32>().sqrt();
+            let parts = h.layout.groups().len() * NORM_BLOCKS;
+            let norm = h.read(at(LmBuf::Partial, 0), parts).iter().sum::<f32>().sqrt();
             let max_norm = h.read(at(LmBuf::Hyper, 5), 1)[0];
             let coef = max_norm / (norm + 1e-6);
             let f = if max_norm > 0.0 && coef < 1.0 { coef } else { 1.0 };
             h.write(at(LmBuf::Clip, 0), &[norm, f]);
         }
-        Op::Adam => {
-            let p = h.layout.total;
-            let hy = h.read(at(LmBuf::Hyper, 0), 6);
+        Op::Adam { group } => {
+            let (off, p) = h.layout.groups()[group];
+            let hy = h.read(at(LmBuf::Hyper, group * HYPER_LEN), HYPER_LEN);
+            if hy[6] != 0.0 {
+                return;
+            }
             let (lr, b1, b2, eps, wd) = (hy[0], hy[1], hy[2], hy[3], hy[4]);
-            let t = h.step as f32;
+            let t = h.step as f32 - hy[7];
             let (c1, c2) = (1.0 - b1.powf(t), 1.0 - b2.powf(t));
             let scale = h.read(at(LmBuf::Clip, 1), 1)[0];
-            let g = h.read(at(LmBuf::Grads, 0), p);
+            let g = h.read(at(LmBuf::Grads, off), p);
             let (mut w, mut m, mut v) =
-                (h.read(at(LmBuf::Params, 0), p), h.read(at(LmBuf::AdamM, 0), p), h.read(at(LmBuf::AdamV, 0), p));
+                (h.read(at(LmBuf::Params, off), p), h.read(at(LmBuf::AdamM, off), p), h.read(at(LmBuf::AdamV, off), p));
             for i in 0..p {
                 let gi = g[i] * scale;
                 m[i] = b1 * m[i] + (1.0 - b1) * gi;
                 v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
                 w[i] = w[i] * (1.0 - lr * wd) - lr * ((m[i] / c1) / ((v[i] / c2).sqrt() + eps));
             }
-            h.write(at(LmBuf::Params, 0), &w);
-            h.write(at(LmBuf::AdamM, 0), &m);
-            h.write(at(LmBuf::AdamV, 0), &v);
+            h.write(at(LmBuf::Params, off), &w);
+            h.write(at(LmBuf::AdamM, off), &m);
+            h.write(at(LmBuf::AdamV, off), &v);
         }
     }
 }
@@ -413,7 +419,7 @@ fn batch(cfg: &LmConfig, salt: u32) -> (Vec<u32>, Vec<u32>) {
 fn replay(cfg: &LmConfig) {
     println!("replay {cfg:?}");
     let layout = Layout::new(cfg);
-    let (fwd, bwd, upd) = (forward_ops(cfg, &layout), backward_ops(cfg, &layout), update_ops());
+    let (fwd, bwd, upd) = (forward_ops(cfg, &layout), backward_ops(cfg, &layout), update_ops(&layout));
     for ops in [&fwd, &bwd, &upd] {
         check_ops(cfg, &layout, ops);
     }
@@ -481,7 +487,7 @@ fn lm_ops_replayed_on_cpu_match_reference() {
 fn phases_cover_every_op_once_in_order() {
     let cfg = LmConfig { drop: Dropouts::awd_lstm(), ..LmConfig::awd_lstm(50, 4, 2) };
     let layout = Layout::new(&cfg);
-    let lists = [forward_ops(&cfg, &layout), backward_ops(&cfg, &layout), update_ops()];
+    let lists = [forward_ops(&cfg, &layout), backward_ops(&cfg, &layout), update_ops(&layout)];
     let parts = phases(&lists);
     let joined: Vec<Op> = parts.iter().flat_map(|(_, ops)| ops.clone()).collect();
     assert!(joined == lists.concat(), "phases lost or reordered ops");

@@ -9,7 +9,7 @@ mod common;
 
 use common::{assert_close, gpu_lock, gpu_or_skip};
 use ulmfit_cuda::lm::reference::{adam, clip_factor, forward_backward, zero_state};
-use ulmfit_cuda::lm::{Dropouts, Hyper, LmConfig, LmCuda, LmError, LmWeights};
+use ulmfit_cuda::lm::{Dropouts, GroupHyper, Hyper, LmConfig, LmCuda, LmError, LmWeights};
 use ulmfit_cuda::Gpu;
 
 /// V=50, E=8, H=12, 3 layers, T=5, B=3.
@@ -126,6 +126,96 @@ fn clip_and_adam_match_cpu_formulas() {
         let delta = |w: &[f32]| w.iter().zip(&before).map(|(a, b)| a - b).collect::<Vec<f32>>();
         assert_close("adam dw", &delta(&after), &delta(&want), 1e-3, 1e-4);
     }
+}
+
+/// The group of each tensor of `LmWeights::named`: the embedding and decoder bias are the
+/// last group, layer l's tensors group l.
+fn group_of(name: &str, layers: usize) -> usize {
+    match name {
+        "emb" | "dec_bias" => layers,
+        _ => name.trim_start_matches(|c: char| c.is_alphabetic() || c == '_').parse().expect("layer index"),
+    }
+}
+
+#[test]
+fn per_group_lrs_frozen_groups_and_update_counts_match_cpu_formulas() {
+    let _lock = gpu_lock();
+    let Some(gpu) = gpu_or_skip("per_group_lrs_frozen_groups_and_update_counts_match_cpu_formulas", false) else {
+        return;
+    };
+    let cfg = small_cfg(strong_dropouts());
+    let base = Hyper { lr: 1e-2, weight_decay: 0.1, clip: 0.05, ..Hyper::default() };
+    // Group 0 frozen, group 1 with its own LR and momentum and 4 earlier updates, the rest
+    // fresh: each group's update must be Adam at its own t with its own settings, and the
+    // norm must leave the frozen group out.
+    let groups: Vec<GroupHyper> = (0..=cfg.layers)
+        .map(|g| GroupHyper {
+            hyper: if g == 1 { Hyper { lr: 3e-2, beta1: 0.8, ..base } } else { base },
+            frozen: g == 0,
+            updates: if g == 1 { 4 } else { 0 },
+        })
+        .collect();
+    let w0 = LmWeights::init(&cfg, 9);
+    let mut model = LmCuda::new(&gpu, cfg.clone(), &w0, base).expect("build LM");
+    assert_eq!(model.groups().len(), cfg.layers + 1, "groups: {:?}", model.groups());
+    let mut moments: Vec<(Vec<f32>, Vec<f32>)> =
+        w0.named().iter().map(|(_, t)| (vec![0.0; t.len()], vec![0.0; t.len()])).collect();
+    for step in 1..=2u32 {
+        let (ids, targets) = batch(&cfg, step);
+        let ups: Vec<GroupHyper> = groups.iter().map(|g| GroupHyper { updates: g.updates + step - 1, ..*g }).collect();
+        model.set_groups(&ups).expect("set groups");
+        model.set_batch(&ids, &targets).expect("batch");
+        model.forward_backward().expect("forward+backward");
+        let before = model.weights().expect("weights");
+        let grads = model.grads().expect("grads");
+        model.update().expect("update");
+        let trained: Vec<f32> = grads
+            .named()
+            .iter()
+            .filter(|(n, _)| !ups[group_of(n, cfg.layers)].frozen)
+            .flat_map(|(_, g)| g.to_vec())
+            .collect();
+        let (want_norm, factor) = clip_factor(&trained, base.clip);
+        let (norm, got_factor) = model.clip().expect("clip");
+        println!("step {step}: norm {norm} (cpu {want_norm}, frozen group left out)");
+        assert_close("norm", &[norm, got_factor], &[want_norm, factor], 1e-5, 0.0);
+        let after = model.weights().expect("weights");
+        for (k, (((name, b), (_, g)), (_, a))) in
+            before.named().into_iter().zip(grads.named()).zip(after.named()).enumerate()
+        {
+            let u = &ups[group_of(&name, cfg.layers)];
+            let mut want = b.to_vec();
+            if !u.frozen {
+                let (m, v) = &mut moments[k];
+                adam(&mut want, m, v, g, &u.hyper, u.updates + 1, factor);
+            }
+            let delta = |w: &[f32]| w.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<f32>>();
+            assert_close(&format!("step {step} {name} dw"), &delta(a), &delta(&want), 1e-3, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn evaluate_matches_reference_without_dropout() {
+    let _lock = gpu_lock();
+    let Some(gpu) = gpu_or_skip("evaluate_matches_reference_without_dropout", false) else {
+        return;
+    };
+    let cfg = small_cfg(strong_dropouts());
+    let w = LmWeights::init(&cfg, 5);
+    let mut model = LmCuda::new(&gpu, cfg.clone(), &w, Hyper::default()).expect("build LM");
+    let off = LmConfig { drop: Dropouts::off(), ..cfg.clone() };
+    let mut state = zero_state(&cfg);
+    for k in 1..=2u32 {
+        let (ids, targets) = batch(&cfg, k);
+        let ce = model.evaluate(&ids, &targets).expect("evaluate");
+        let want = forward_backward(&off, &w, &state, &ids, &targets, k);
+        println!("eval batch {k}: cross-entropy {ce} (cpu, dropout off: {})", want.loss[1]);
+        assert_close("eval cross-entropy", &[ce], &[want.loss[1]], 1e-4, 1e-6);
+        state = want.state;
+    }
+    assert_eq!(model.step_count().expect("step"), 0, "evaluation must not count steps");
+    compare_weights("weights after evaluation", &model.weights().expect("weights"), &w, 0.0, 0.0);
 }
 
 #[test]

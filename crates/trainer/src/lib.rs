@@ -5,6 +5,7 @@
 //! - `train.rs`: training steps and evaluation loops; `stages.rs`: epochs of a stage.
 //! - `data.rs`: corpora and task splits; `pipeline.rs`: the whole method from one config.
 //! - `schedule.rs`: slanted triangular LR, one-cycle with cyclical momentum, discriminative LRs.
+//! - `gpu_lm.rs`: the LM stages on the GPU (`ulmfit_cuda::lm`), same model and optimizer in and out.
 //! - `checkpoint.rs`: safetensors weights + vocabulary + config, written atomically.
 //! - `metrics.rs`, `plot.rs`, `progress.rs`: per-epoch metrics files, curves, progress bars.
 //! - `curves.rs`: a run's loss and LR curves; `lr_find.rs`: the LR range test on pretraining.
@@ -16,6 +17,7 @@ pub mod classifier;
 pub mod config;
 pub mod curves;
 pub mod data;
+pub mod gpu_lm;
 pub mod lr_find;
 pub mod metrics;
 pub mod pipeline;

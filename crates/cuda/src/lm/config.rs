@@ -152,11 +152,30 @@ impl Default for Hyper {
     }
 }
 
+/// Floats in one parameter group's slot of the device hyper-parameter buffer.
+pub const HYPER_LEN: usize = 8;
+
 impl Hyper {
-    /// The device layout `[lr, beta1, beta2, eps, weight_decay, max_norm]` (lm_optim.cu).
-    pub fn to_array(&self) -> [f32; 6] {
-        [self.lr, self.beta1, self.beta2, self.eps, self.weight_decay, self.clip]
+    /// The device slot of a group `[lr, beta1, beta2, eps, weight_decay, max_norm, frozen,
+    /// step_offset]` (lm_optim.cu): Adam's t is the step counter minus `step_offset`.
+    pub fn to_slot(&self, frozen: bool, step_offset: i64) -> [f32; HYPER_LEN] {
+        let (h, frozen) = (self, if frozen { 1.0 } else { 0.0 });
+        [h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, h.clip, frozen, step_offset as f32]
     }
+}
+
+/// The optimizer settings of one parameter group (an LSTM layer, or the embedding with the
+/// decoder bias): its Adam(W) settings (the clip is group 0's), whether it is frozen, and
+/// how many updates it has had (its Adam bias-correction count, as `ulmfit_tensor`'s
+/// per-parameter `Moments::steps`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GroupHyper {
+    /// Adam(W) settings.
+    pub hyper: Hyper,
+    /// Frozen: no update, no moment change, not in the gradient norm.
+    pub frozen: bool,
+    /// Updates this group has had before the next step.
+    pub updates: u32,
 }
 
 /// What can go wrong in an LM step.

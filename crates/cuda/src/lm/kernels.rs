@@ -348,19 +348,21 @@ impl LmKernels {
         self.launch(gpu, "lm_step_begin", blocks(1, 1), &[Arg::Ptr(step)])
     }
 
-    /// `lm_sumsq_partial`: partial [NORM_BLOCKS] sums of g^2 over g [n].
-    pub fn lm_sumsq_partial(&self, gpu: &Gpu, partial: u64, g: u64, n: usize) -> Result<()> {
-        let args = [Arg::Ptr(partial), Arg::Ptr(g), Arg::I64(n as i64)];
+    /// `lm_sumsq_partial`: partial [NORM_BLOCKS] sums of g^2 over one group's g [n] (zeros
+    /// when the group's `hyper` slot says frozen).
+    pub fn lm_sumsq_partial(&self, gpu: &Gpu, partial: u64, g: u64, n: usize, hyper: u64) -> Result<()> {
+        let args = [Arg::Ptr(partial), Arg::Ptr(g), Arg::I64(n as i64), Arg::Ptr(hyper)];
         self.launch(gpu, "lm_sumsq_partial", blocks(NORM_BLOCKS, BLOCK), &args)
     }
 
-    /// `lm_clip_scale`: clip [2] = (norm, factor) from the partial sums.
-    pub fn lm_clip_scale(&self, gpu: &Gpu, clip: u64, partial: u64, hyper: u64) -> Result<()> {
-        let args = [Arg::Ptr(clip), Arg::Ptr(partial), Arg::I32(NORM_BLOCKS as i32), Arg::Ptr(hyper)];
+    /// `lm_clip_scale`: clip [2] = (norm, factor) from `nparts` partial sums.
+    pub fn lm_clip_scale(&self, gpu: &Gpu, clip: u64, partial: u64, nparts: usize, hyper: u64) -> Result<()> {
+        let args = [Arg::Ptr(clip), Arg::Ptr(partial), Arg::I32(nparts as i32), Arg::Ptr(hyper)];
         self.launch(gpu, "lm_clip_scale", blocks(1, WIDE), &args)
     }
 
-    /// `lm_adam`: the fused Adam(W) update of w, m, v [n] from grad [n].
+    /// `lm_adam`: the fused Adam(W) update of one group's w, m, v [n] from grad [n], with
+    /// the group's `hyper` slot.
     #[allow(clippy::too_many_arguments)]
     pub fn lm_adam(
         &self,

@@ -11,12 +11,14 @@
 
 use cudarc::driver::{CudaGraph, CudaSlice};
 
-use super::config::{Hyper, LmConfig, LmError};
+use super::config::{Dropouts, GroupHyper, Hyper, LmConfig, LmError, HYPER_LEN};
 use super::kernels::{LmKernels, NORM_BLOCKS};
 use super::layer::{addr, LmLayer};
 use super::mask::Mask;
 use super::params::{Layout, LmWeights};
-use super::steps::{backward_ops, buf_len, check_ops, forward_ops, layer_at, raw_at, update_ops, At, LmBuf, Op};
+use super::steps::{
+    backward_ops, buf_len, check_ops, eval_ops, forward_ops, layer_at, raw_at, update_ops, At, LmBuf, Op,
+};
 use crate::device::Gpu;
 use crate::error::{DriverContext, Result};
 use crate::lstm::{capture, copy_dtod, enqueue_step, sgemm};
@@ -54,6 +56,10 @@ pub struct LmCuda<'g> {
     pub(super) layers: Vec<LmLayer>,
     /// (forward, backward, update) op lists.
     pub(super) ops: [Vec<Op>; 3],
+    /// The forward of an evaluation pass (dropout off, no step).
+    eval: Vec<Op>,
+    /// Parameter groups as flat-buffer ranges (`Layout::groups`).
+    groups: Vec<(usize, usize)>,
     /// (forward+backward, update) once [`LmCuda::capture_graphs`] ran.
     graphs: Option<(CudaGraph, CudaGraph)>,
 }
@@ -88,7 +94,7 @@ impl<'g> LmCuda<'g> {
             ids: u32s(n, "token ids")?,
             targets: u32s(n, "targets")?,
             step: u32s(1, "step counter")?,
-            hyper: s.clone_htod(&hyper.to_array()).op("upload hyper-parameters")?,
+            hyper: s.clone_htod(&group_slots(&layout, hyper)).op("upload hyper-parameters")?,
             dropped: gpu.alloc_zeros(n * e, "dropped output")?,
             ddropped: gpu.alloc_zeros(n * e, "dropped output gradient")?,
             logits: gpu.alloc_zeros(n * vp, &format!("logits [{n}, {vp}] (V {v} padded)"))?,
@@ -96,7 +102,7 @@ impl<'g> LmCuda<'g> {
             ar: gpu.alloc_zeros(n, "AR rows")?,
             tar: gpu.alloc_zeros(n, "TAR rows")?,
             loss: gpu.alloc_zeros(4, "loss")?,
-            partial: gpu.alloc_zeros(NORM_BLOCKS, "norm partial sums")?,
+            partial: gpu.alloc_zeros(layout.groups().len() * NORM_BLOCKS, "norm partial sums")?,
             clip: gpu.alloc_zeros(2, "clip")?,
             ones: s.clone_htod(&vec![1.0f32; n]).op("upload ones")?,
         };
@@ -129,10 +135,12 @@ impl<'g> LmCuda<'g> {
         for (l, d) in cfg.layer_dims().into_iter().enumerate() {
             layers.push(LmLayer::new(gpu, d, l, &layout)?);
         }
-        let ops = [forward_ops(&cfg, &layout), backward_ops(&cfg, &layout), update_ops()];
-        ops.iter().for_each(|list| check_ops(&cfg, &layout, list));
+        let ops = [forward_ops(&cfg, &layout), backward_ops(&cfg, &layout), update_ops(&layout)];
+        let eval = eval_ops(&cfg, &layout);
+        ops.iter().chain([&eval]).for_each(|list| check_ops(&cfg, &layout, list));
         let k = LmKernels::load(gpu)?;
-        Ok(LmCuda { gpu, cfg, layout, k, b, layers, ops, graphs: None })
+        let groups = layout.groups();
+        Ok(LmCuda { gpu, cfg, layout, k, b, layers, ops, eval, groups, graphs: None })
     }
 
     /// The config in force.
@@ -176,10 +184,30 @@ impl<'g> LmCuda<'g> {
         self.ptr(At { buf, off })
     }
 
-    /// Sets Adam's and the clip's settings (read by the next update).
+    /// Sets Adam's and the clip's settings of every group (read by the next update), all
+    /// trainable, each group's Adam count the step counter.
     pub fn set_hyper(&mut self, h: Hyper) -> Result<()> {
-        let stream = self.gpu.stream();
-        stream.memcpy_htod(&h.to_array(), &mut self.b.hyper).op("upload hyper-parameters")
+        let slots = group_slots(&self.layout, h);
+        self.gpu.stream().memcpy_htod(&slots, &mut self.b.hyper).op("upload hyper-parameters")
+    }
+
+    /// The parameter groups (`Layout::groups`: each LSTM layer, then the embedding with the
+    /// decoder bias), as (offset, length) in the flat buffer.
+    pub fn groups(&self) -> &[(usize, usize)] {
+        &self.groups
+    }
+
+    /// Sets each parameter group's settings (read by the next update): its Adam(W)
+    /// settings, frozen or not, and its update count so far (bias correction continues
+    /// from there). The clip is group 0's.
+    pub fn set_groups(&mut self, groups: &[GroupHyper]) -> std::result::Result<(), LmError> {
+        if groups.len() != self.groups.len() {
+            let (got, want) = (groups.len(), self.groups.len());
+            return Err(LmError::Config(format!("{got} parameter-group settings for {want} groups")));
+        }
+        let steps = self.step_count()? as i64;
+        let slots: Vec<f32> = groups.iter().flat_map(|g| g.hyper.to_slot(g.frozen, steps - g.updates as i64)).collect();
+        Ok(self.gpu.stream().memcpy_htod(&slots, &mut self.b.hyper).op("upload hyper-parameters")?)
     }
 
     /// Uploads a batch: `ids` and next-token `targets`, both [T, B] time-major, each < V.
@@ -216,6 +244,14 @@ impl<'g> LmCuda<'g> {
         }
     }
 
+    /// The mean cross-entropy of a batch with every dropout off, without a gradient or an
+    /// update (validation). The carried state advances as in training.
+    pub fn evaluate(&mut self, ids: &[u32], targets: &[u32]) -> std::result::Result<f32, LmError> {
+        self.set_batch(ids, targets)?;
+        self.eval.iter().try_for_each(|op| self.run(op, &Dropouts::off()))?;
+        Ok(self.loss()?[1])
+    }
+
     /// One training step on a batch; returns [total, cross-entropy, alpha AR, beta TAR].
     pub fn step(&mut self, ids: &[u32], targets: &[u32]) -> std::result::Result<[f32; 4], LmError> {
         self.set_batch(ids, targets)?;
@@ -225,7 +261,7 @@ impl<'g> LmCuda<'g> {
     }
 
     pub(super) fn run_ops(&self, ops: &[Op]) -> Result<()> {
-        ops.iter().try_for_each(|op| self.run(op))
+        ops.iter().try_for_each(|op| self.run(op, &self.cfg.drop))
     }
 
     /// [alpha, N*E, beta, (T-1)*B*E]: the AR and TAR weights and divisors.
@@ -235,13 +271,14 @@ impl<'g> LmCuda<'g> {
         [c.alpha, ar_div as f32, c.beta, tar_div as f32]
     }
 
-    /// Queues one op: its kernel with the buffers and sizes its doc (`steps::Op`) names.
-    fn run(&self, op: &Op) -> Result<()> {
+    /// Queues one op: its kernel with the buffers and sizes its doc (`steps::Op`) names;
+    /// the embedding and output dropouts are `drop`'s.
+    fn run(&self, op: &Op, drop: &Dropouts) -> Result<()> {
         let (g, k, c) = (self.gpu, &self.k, &self.cfg);
-        let (n, bn, e, v, total) = (c.rows(), c.b, c.emb, c.vocab, self.layout.total);
+        let (n, bn, e, v) = (c.rows(), c.b, c.emb, c.vocab);
         let (seed, step) = (c.seed, self.p(LmBuf::Step, 0));
-        let embed_masks = [(c.drop.embed, Mask::Word.id()), (c.drop.input, Mask::Input.id())];
-        let (p_out, t_out) = (c.drop.output, Mask::Output.id());
+        let embed_masks = [(drop.embed, Mask::Word.id()), (drop.input, Mask::Input.id())];
+        let (p_out, t_out) = (drop.output, Mask::Output.id());
         let top = c.layers - 1;
         let q = |buf: LmBuf| self.p(buf, 0);
         match *op {
@@ -293,12 +330,22 @@ impl<'g> LmCuda<'g> {
                 let (dx, ids) = (q(LmBuf::Layer(0, Buf::Dx)), q(LmBuf::Ids));
                 k.lm_embed_bwd(g, demb, dx, ids, n, bn, e, embed_masks, seed, step)
             }
-            Op::SumsqPartial => k.lm_sumsq_partial(g, q(LmBuf::Partial), q(LmBuf::Grads), total),
-            Op::ClipScale => k.lm_clip_scale(g, q(LmBuf::Clip), q(LmBuf::Partial), q(LmBuf::Hyper)),
-            Op::Adam => {
-                let (w, m, v2, grads) = (q(LmBuf::Params), q(LmBuf::AdamM), q(LmBuf::AdamV), q(LmBuf::Grads));
-                let (clip, hyper) = (q(LmBuf::Clip), q(LmBuf::Hyper));
-                k.lm_adam(g, w, m, v2, grads, total, clip, hyper, step)
+            Op::SumsqPartial { group } => {
+                let (off, len) = self.groups[group];
+                let partial = self.p(LmBuf::Partial, group * NORM_BLOCKS);
+                let hyper = self.p(LmBuf::Hyper, group * HYPER_LEN);
+                k.lm_sumsq_partial(g, partial, self.p(LmBuf::Grads, off), len, hyper)
+            }
+            Op::ClipScale => {
+                let parts = self.groups.len() * NORM_BLOCKS;
+                k.lm_clip_scale(g, q(LmBuf::Clip), q(LmBuf::Partial), parts, q(LmBuf::Hyper))
+            }
+            Op::Adam { group } => {
+                let (off, len) = self.groups[group];
+                let (w, m) = (self.p(LmBuf::Params, off), self.p(LmBuf::AdamM, off));
+                let (v2, grads) = (self.p(LmBuf::AdamV, off), self.p(LmBuf::Grads, off));
+                let (clip, hyper) = (q(LmBuf::Clip), self.p(LmBuf::Hyper, group * HYPER_LEN));
+                k.lm_adam(g, w, m, v2, grads, len, clip, hyper, step)
             }
         }
     }
@@ -313,7 +360,9 @@ impl<'g> LmCuda<'g> {
         let state = self.state()?;
         self.run_ops(&self.ops[0])?;
         self.run_ops(&self.ops[1])?;
-        self.run_ops(&[Op::SumsqPartial, Op::ClipScale])?;
+        let sums: Vec<Op> = (0..self.groups.len()).map(|group| Op::SumsqPartial { group }).collect();
+        self.run_ops(&sums)?;
+        self.run_ops(&[Op::ClipScale])?;
         let stream = self.gpu.stream().clone();
         stream.memcpy_htod(&step, &mut self.b.step).op("restore step counter")?;
         self.set_state(&state)?;
@@ -325,4 +374,10 @@ impl<'g> LmCuda<'g> {
         self.graphs = Some((fb, up));
         Ok(())
     }
+}
+
+/// The hyper-parameter buffer with `h` in every group's slot: trainable, Adam's t the step
+/// counter.
+fn group_slots(layout: &Layout, h: Hyper) -> Vec<f32> {
+    layout.groups().iter().flat_map(|_| h.to_slot(false, 0)).collect()
 }

@@ -139,6 +139,17 @@ impl Layout {
         Layout { emb: 0, dec_bias, layers, total: at }
     }
 
+    /// The parameter groups as (offset, length) ranges of the flat buffer, in the trainer's
+    /// order (`ulmfit_trainer`'s `LanguageModel::param_groups`, fastai's splits): each LSTM
+    /// layer bottom first, then the embedding with the decoder bias. Together they cover
+    /// the buffer.
+    pub fn groups(&self) -> Vec<(usize, usize)> {
+        let starts: Vec<usize> = self.layers.iter().map(|l| l[0]).chain([self.total]).collect();
+        let mut out: Vec<(usize, usize)> = starts.windows(2).map(|w| (w[0], w[1] - w[0])).collect();
+        out.push((self.emb, starts[0] - self.emb));
+        out
+    }
+
     /// Offset of each tensor, in `LmWeights::named` order.
     fn offsets(&self) -> Vec<usize> {
         let mut out = vec![self.emb, self.dec_bias];

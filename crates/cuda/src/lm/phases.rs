@@ -33,7 +33,7 @@ fn phase_of(op: &Op, backward: bool, prev: &str) -> String {
         Op::BiasGrad => "decoder bias grad",
         Op::RegBwd => "output dropout + AR/TAR bwd",
         Op::EmbedBwd => "embedding scatter bwd",
-        Op::SumsqPartial | Op::ClipScale | Op::Adam => "clip + adam",
+        Op::SumsqPartial { .. } | Op::ClipScale | Op::Adam { .. } => "clip + adam",
     };
     name.to_string()
 }

@@ -60,6 +60,26 @@ impl LmCuda<'_> {
         ))
     }
 
+    /// Replaces the Adam moments (m, v), each [P] in `LmWeights::flatten` order (e.g. the
+    /// moments a CPU optimizer kept, so training continues where it stopped).
+    pub fn set_moments(&mut self, m: &[f32], v: &[f32]) -> std::result::Result<(), super::LmError> {
+        let mut w = LmWeights::zeros(&self.cfg);
+        for (host, what) in [(m, "Adam m"), (v, "Adam v")] {
+            if host.len() != w.len() {
+                let (got, want) = (host.len(), w.len());
+                return Err(super::LmError::Config(format!("{what} has {got} values for {want} parameters")));
+            }
+        }
+        w.unflatten(m);
+        let m = self.layout.to_flat(&w);
+        w.unflatten(v);
+        let v = self.layout.to_flat(&w);
+        let s = self.gpu.stream();
+        s.memcpy_htod(&m, &mut self.b.adam_m).op("upload Adam m")?;
+        s.memcpy_htod(&v, &mut self.b.adam_v).op("upload Adam v")?;
+        Ok(self.gpu.sync("upload Adam moments")?)
+    }
+
     /// (gradient norm, clip factor) of the last update.
     pub fn clip(&self) -> Result<(f32, f32)> {
         let v = self.download(&self.b.clip, "download clip")?;

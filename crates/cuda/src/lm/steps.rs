@@ -33,7 +33,7 @@ pub enum LmBuf {
     Targets,
     /// The optimizer step [1], u32; also the mask counter.
     Step,
-    /// [lr, beta1, beta2, eps, weight_decay, max_norm] (`Hyper::to_array`).
+    /// One slot per parameter group (`Hyper::to_slot`), [G * HYPER_LEN].
     Hyper,
     /// Top output after output dropout [N, E].
     Dropped,
@@ -49,7 +49,7 @@ pub enum LmBuf {
     Tar,
     /// [total, ce, alpha AR, beta TAR].
     Loss,
-    /// Partial sums of squared gradients [NORM_BLOCKS].
+    /// Partial sums of squared gradients, NORM_BLOCKS per parameter group [G * NORM_BLOCKS].
     Partial,
     /// [gradient norm, clip factor].
     Clip,
@@ -125,12 +125,19 @@ pub enum Op {
     RegBwd,
     /// `lm_embed_bwd`: Grads[emb] += scatter of Layer(0, Dx) by Ids.
     EmbedBwd,
-    /// `lm_sumsq_partial`: Partial from Grads.
-    SumsqPartial,
+    /// `lm_sumsq_partial`: group g's share of Partial from its range of Grads.
+    SumsqPartial {
+        /// Parameter group (`Layout::groups`).
+        group: usize,
+    },
     /// `lm_clip_scale`: Clip from Partial and Hyper.
     ClipScale,
-    /// `lm_adam`: Params, AdamM, AdamV from Grads, Clip, Hyper, Step.
-    Adam,
+    /// `lm_adam`: group g's range of Params, AdamM, AdamV from Grads, Clip, its Hyper slot
+    /// and Step.
+    Adam {
+        /// Parameter group (`Layout::groups`).
+        group: usize,
+    },
 }
 
 /// Where layer l's plan buffer `buf` lives: weights and their gradients in the flat buffers
@@ -164,11 +171,11 @@ pub fn buf_len(cfg: &LmConfig, layout: &Layout, buf: LmBuf) -> usize {
         LmBuf::Params | LmBuf::Grads | LmBuf::AdamM | LmBuf::AdamV => layout.total,
         LmBuf::Ids | LmBuf::Targets | LmBuf::Ce | LmBuf::Ar | LmBuf::Tar | LmBuf::Ones => n,
         LmBuf::Step => 1,
-        LmBuf::Hyper => 6,
+        LmBuf::Hyper => layout.groups().len() * super::config::HYPER_LEN,
         LmBuf::Dropped | LmBuf::DDropped => n * e,
         LmBuf::Logits => n * v,
         LmBuf::Loss => 4,
-        LmBuf::Partial => super::kernels::NORM_BLOCKS,
+        LmBuf::Partial => layout.groups().len() * super::kernels::NORM_BLOCKS,
         LmBuf::Clip => 2,
         LmBuf::Layer(l, b) => b.len(cfg.layer_dims()[l]),
     }
@@ -269,9 +276,19 @@ pub fn backward_ops(cfg: &LmConfig, layout: &Layout) -> Vec<Op> {
     ops
 }
 
-/// The update: squared-gradient partial sums, norm and clip factor, fused Adam(W).
-pub fn update_ops() -> Vec<Op> {
-    vec![Op::SumsqPartial, Op::ClipScale, Op::Adam]
+/// The update: squared-gradient partial sums per group, norm and clip factor, fused
+/// Adam(W) per group.
+pub fn update_ops(layout: &Layout) -> Vec<Op> {
+    let groups = 0..layout.groups().len();
+    let sums = groups.clone().map(|group| Op::SumsqPartial { group });
+    sums.chain([Op::ClipScale]).chain(groups.map(|group| Op::Adam { group })).collect()
+}
+
+/// The forward of an evaluation pass: [`forward_ops`] with every dropout off and no step
+/// count (the loss of the model as it is; the carried state still advances).
+pub fn eval_ops(cfg: &LmConfig, layout: &Layout) -> Vec<Op> {
+    let off = LmConfig { drop: super::config::Dropouts::off(), ..cfg.clone() };
+    forward_ops(&off, layout).into_iter().filter(|op| *op != Op::StepBegin).collect()
 }
 
 /// Asserts every explicit operand of `ops` inside its buffer (the executor passes raw
