@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+pub mod clas;
 pub mod device;
 pub mod error;
 pub mod lm;

@@ -80,6 +80,13 @@ impl LmCuda<'_> {
         Ok(self.gpu.sync("upload Adam moments")?)
     }
 
+    /// Sets the step counter (the mask counter, and the base of each group's Adam count),
+    /// e.g. to continue a stage where a saved run stopped.
+    pub fn set_step_count(&mut self, steps: u32) -> Result<()> {
+        self.gpu.stream().memcpy_htod(&[steps], &mut self.b.step).op("upload step counter")?;
+        self.gpu.sync("upload step counter")
+    }
+
     /// (gradient norm, clip factor) of the last update.
     pub fn clip(&self) -> Result<(f32, f32)> {
         let v = self.download(&self.b.clip, "download clip")?;

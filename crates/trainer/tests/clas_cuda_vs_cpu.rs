@@ -1,0 +1,482 @@
+//! The CUDA classifier (`ulmfit_cuda::clas::ClasCuda`) against the CPU classifier
+//! (`ulmfit_trainer::classifier::Classifier`), dropouts off: a small model (V 60, E 16, H 24,
+//! 3 layers, 3 classes, bptt 5, max_len 6) on 16 documents of 30, 22 and 9..6 tokens (14 end
+//! inside chunk 1, so it runs padding steps; chunks shrink from 16 rows to 2 to 1; chunks 0, 2
+//! and 3 lie outside every pooling window (fastai's windows: steps 25.., 20.., 5..), so they
+//! run without being kept and only carry the state; windows cut documents). 16 documents and
+//! weights scaled up, so that batch norm sees features that vary between rows (see
+//! `cpu_model`): batch norm multiplies rounding by 1 / std of its inputs, up to 316.
+//! Compared, each printed with its max relative error: pooled features, logits, loss, every
+//! gradient, the gradient norm, the weights and BN running statistics after one clipped Adam
+//! step with a learning rate per group, then two steps with frozen groups (unfrozen one step
+//! later: per-group Adam step counts; each from the GPU's state, copied to the CPU), then
+//! eval-mode probabilities. Also: out of GPU memory
+//! is an error naming the size. FP32 within 1e-4 relative. Without a GPU every test prints
+//! one skip line and passes; ULMFIT_REQUIRE_GPU=1 makes that a failure.
+
+use ulmfit_cuda::clas::chunks::Schedule;
+use ulmfit_cuda::clas::{ClasConfig, ClasCuda, ClasDropouts, ClasError, ClasHyper, ClasWeights, HeadWeights};
+use ulmfit_cuda::Gpu;
+use ulmfit_lstm::LayerWeights;
+use ulmfit_tensor::optim::{clip_grad_norm, Adam, ParamGroup};
+use ulmfit_tensor::{no_grad, Rng, Tensor};
+use ulmfit_trainer::awd_lstm::{AwdLstm, AwdLstmConfig};
+use ulmfit_trainer::classifier::{Classifier, DocBatch};
+use ulmfit_trainer::config::Dropouts;
+use ulmfit_trainer::train::classifier_probs;
+
+const RTOL: f32 = 1e-4;
+
+/// Opens the GPU, or prints one skip line and returns None when there is none.
+fn gpu_or_skip(test: &str) -> Option<Gpu> {
+    match Gpu::new(false) {
+        Ok(gpu) => {
+            println!("{test}: running on {}", gpu.name());
+            Some(gpu)
+        }
+        Err(e @ ulmfit_cuda::Error::NoDriver(_)) => {
+            if std::env::var("ULMFIT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("{test}: ULMFIT_REQUIRE_GPU=1 but the GPU is unavailable: {e}");
+            }
+            println!("skip: no CUDA driver ({test}: {e})");
+            None
+        }
+        Err(e) => panic!("{test}: the GPU is present but failed to initialise: {e}"),
+    }
+}
+
+static GPU_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Asserts |got - want| <= RTOL * (|want| + max|want|) elementwise (sums of many terms are
+/// judged on their tensor's scale); prints the max relative error. NaN never passes.
+fn check(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length {} vs CPU {}", got.len(), want.len());
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+    let (mut max_diff, mut at, mut bad) = (0.0f32, 0, None);
+    for (k, (&a, &b)) in got.iter().zip(want).enumerate() {
+        let diff = if a.is_nan() { f32::INFINITY } else { (a - b).abs() };
+        if diff > max_diff {
+            (max_diff, at) = (diff, k);
+        }
+        let within = diff <= RTOL * (b.abs() + scale); // false for NaN
+        if !within && bad.is_none() {
+            bad = Some(k);
+        }
+    }
+    println!(
+        "  {what:<22} n={:<6} max rel err {:.2e} (max|diff| {max_diff:.2e} at {at}, max|cpu| {scale:.2e})",
+        got.len(),
+        max_diff / scale
+    );
+    if let Some(k) = bad {
+        panic!(
+            "{what}: GPU {} vs CPU {} at {k}; max |diff| {max_diff:.3e} at {at} (scale {scale:.3e})",
+            got[k], want[k]
+        );
+    }
+}
+
+fn cfg() -> ClasConfig {
+    ClasConfig {
+        vocab: 60,
+        emb: 16,
+        hidden: 24,
+        layers: 3,
+        features: 50,
+        classes: 3,
+        bptt: 5,
+        max_len: 6,
+        batch: 16,
+        drop: ClasDropouts::off(),
+        seed: 9,
+    }
+}
+
+/// The CPU classifier for `cfg` with dropouts off, random BN scales, shifts and running stats.
+fn cpu_model(c: &ClasConfig) -> Classifier {
+    let mut rng = Rng::new(4);
+    let enc = AwdLstmConfig {
+        vocab: c.vocab,
+        emb_sz: c.emb,
+        n_hid: c.hidden,
+        n_layers: c.layers,
+        drop: Dropouts::lm().scaled(0.0),
+    };
+    let mut m = Classifier::new(AwdLstm::new(enc, &mut rng), c.classes, &mut rng);
+    (m.bptt, m.max_len) = (c.bptt, c.max_len);
+    // Embedding x10 and LSTM weights x3: with the default init the pooled features barely
+    // differ between documents (std ~1e-3 of 0.3), and batch norm's 1 / std (up to
+    // 1/sqrt(eps) = 316) amplifies FP32 rounding 100-300x; scaled, the smallest std is 0.03.
+    m.encoder.embedding.data_mut().iter_mut().for_each(|v| *v *= 10.0);
+    for t in m.encoder.layers.iter().flat_map(|l| [&l.w_ih, &l.w_hh]) {
+        t.data_mut().iter_mut().for_each(|v| *v *= 3.0);
+    }
+    for blk in &mut m.head {
+        blk.p = 0.0;
+        let n = blk.gamma.numel();
+        for (t, lo, hi) in
+            [(&blk.gamma, 0.5, 1.5), (&blk.beta, -0.3, 0.3), (&blk.stats.mean, -0.2, 0.2), (&blk.stats.var, 0.5, 2.0)]
+        {
+            t.data_mut().copy_from_slice(&rng.uniform_tensor(&[n], lo, hi).to_vec());
+        }
+    }
+    m
+}
+
+/// The CPU model's weights in the CUDA classifier's layout.
+fn weights_of(m: &Classifier) -> ClasWeights {
+    let layers = m
+        .encoder
+        .layers
+        .iter()
+        .map(|w| LayerWeights {
+            i: w.w_ih.dim(1),
+            h: w.w_hh.dim(1),
+            w_ih: w.w_ih.to_vec(),
+            w_hh: w.w_hh.to_vec(),
+            b_ih: w.b_ih.to_vec(),
+            b_hh: w.b_hh.to_vec(),
+        })
+        .collect();
+    let head = |k: usize| {
+        let b = &m.head[k];
+        HeadWeights {
+            gamma: b.gamma.to_vec(),
+            beta: b.beta.to_vec(),
+            running_mean: b.stats.mean.to_vec(),
+            running_var: b.stats.var.to_vec(),
+            weight: b.weight.to_vec(),
+        }
+    };
+    ClasWeights { emb: m.encoder.embedding.to_vec(), layers, head: [head(0), head(1)] }
+}
+
+/// The CPU gradients in the same layout (zeros where a parameter got none: frozen).
+fn grads_of(m: &Classifier, c: &ClasConfig) -> ClasWeights {
+    let g = |t: &Tensor| t.grad().map(|g| g.to_vec()).unwrap_or_else(|| vec![0.0; t.numel()]);
+    let mut out = ClasWeights::zeros(c);
+    out.emb = g(&m.encoder.embedding);
+    for (o, w) in out.layers.iter_mut().zip(&m.encoder.layers) {
+        (o.w_ih, o.w_hh, o.b_ih, o.b_hh) = (g(&w.w_ih), g(&w.w_hh), g(&w.b_ih), g(&w.b_hh));
+    }
+    for (o, b) in out.head.iter_mut().zip(&m.head) {
+        (o.gamma, o.beta, o.weight) = (g(&b.gamma), g(&b.beta), g(&b.weight));
+    }
+    out
+}
+
+/// 16 documents of 30, 22 and 9..6 tokens (ids 0..60, so the pad id 1 also occurs inside),
+/// and their labels.
+fn batch() -> (Vec<Vec<u32>>, Vec<u32>) {
+    let lens = [30, 22, 9, 9, 8, 8, 8, 7, 7, 7, 7, 6, 6, 6, 6, 6];
+    let docs = lens
+        .iter()
+        .enumerate()
+        .map(|(b, &l)| {
+            (0..l).map(|k| ((b as u32 * 131 + k as u32 * 37 + 11).wrapping_mul(2654435761) >> 9) % 60).collect()
+        })
+        .collect();
+    (docs, (0..lens.len() as u32).map(|b| (b * 7 + 1) % 3).collect())
+}
+
+/// The CPU pooled features [B, 3E]: the encoder over the chunks, pooled as concat_pool.
+fn cpu_pooled(m: &mut Classifier, docs: &[Vec<u32>]) -> Vec<f32> {
+    let (e, bptt, max_len) = (m.encoder.cfg.emb_sz, m.bptt, m.max_len);
+    let lens: Vec<usize> = docs.iter().map(Vec::len).collect();
+    let mut outs = Vec::new(); // (start, rows, [len, rows, E])
+    m.encoder.reset();
+    for start in (0..lens[0]).step_by(bptt) {
+        let len = bptt.min(lens[0] - start);
+        let rows = lens.iter().take_while(|&&l| l > start).count();
+        let ids: Vec<u32> =
+            (0..len).flat_map(|s| docs[..rows].iter().map(move |d| d.get(start + s).copied().unwrap_or(1))).collect();
+        m.encoder.keep_rows(rows).unwrap();
+        let out = no_grad(|| m.encoder.forward(&ids, len, rows, false, &mut Rng::new(0))).unwrap().raw.to_vec();
+        outs.push((start, rows, out));
+    }
+    m.encoder.reset();
+    let mut pooled = vec![0.0; lens.len() * 3 * e];
+    // classifier.rs's windows: fastai's chunks of front-padded documents.
+    let first = lens[0].saturating_sub(max_len).div_ceil(bptt) * bptt;
+    for (b, &len) in lens.iter().enumerate() {
+        let from = first.saturating_sub((lens[0] - len) / bptt * bptt);
+        let h = |pos: usize| {
+            let (start, rows, out) = &outs[pos / bptt];
+            out[((pos - start) * rows + b) * e..][..e].to_vec()
+        };
+        let p = &mut pooled[b * 3 * e..][..3 * e];
+        p[..e].copy_from_slice(&h(len - 1));
+        p[e..2 * e].fill(f32::NEG_INFINITY);
+        for pos in from..len {
+            for (k, v) in h(pos).into_iter().enumerate() {
+                p[e + k] = p[e + k].max(v);
+                p[2 * e + k] += v;
+            }
+        }
+        p[2 * e..].iter_mut().for_each(|v| *v /= len.saturating_sub(from).max(1) as f32);
+    }
+    pooled
+}
+
+/// Discriminative learning rates (fastai's lr / 2.6^k from the head down), decay, clip.
+fn hyper(c: &ClasConfig, frozen: &[bool]) -> ClasHyper {
+    let g = c.groups();
+    ClasHyper {
+        lrs: (0..g).map(|k| 3e-3 / 2.6f32.powi((g - 1 - k) as i32)).collect(),
+        frozen: frozen.to_vec(),
+        beta1: 0.9,
+        beta2: 0.99,
+        eps: 1e-5,
+        weight_decay: 0.01,
+        clip: Some(0.2),
+    }
+}
+
+/// The CPU optimizer over the model's groups with `h`'s settings.
+fn cpu_adam(m: &Classifier, h: &ClasHyper) -> Adam {
+    let groups = m
+        .param_groups()
+        .into_iter()
+        .zip(&h.lrs)
+        .map(|(params, &lr)| ParamGroup { params, lr, betas: (h.beta1, h.beta2), weight_decay: h.weight_decay })
+        .collect();
+    Adam::new(groups, h.eps)
+}
+
+fn compare_weights(what: &str, got: &ClasWeights, want: &ClasWeights) {
+    for ((name, g), (_, w)) in got.named().into_iter().zip(want.named()) {
+        check(&format!("{what} {name}"), g, w);
+    }
+    for (k, (g, w)) in got.stats().into_iter().zip(want.stats()).enumerate() {
+        check(&format!("{what} bn{} running {}", k / 2, ["mean", "var"][k % 2]), g, w);
+    }
+}
+
+/// Copies the GPU model's weights, running statistics and Adam moments into the CPU model and
+/// optimizer, so the next step of both starts from the same state (the trajectories would
+/// otherwise drift apart by each step's rounding).
+fn sync_cpu_to_gpu(m: &Classifier, opt: &mut Adam, gm: &ClasCuda) {
+    let w = gm.weights().unwrap();
+    let (mm, vv) = gm.moments().unwrap();
+    let (wg, mg, vg) = (w.groups(), mm.groups(), vv.groups());
+    for (k, group) in m.param_groups().iter().enumerate() {
+        for (j, p) in group.iter().enumerate() {
+            p.data_mut().copy_from_slice(wg[k][j].1);
+            let st = &mut opt.moments_mut()[k][j];
+            if !st.m.is_empty() {
+                st.m.copy_from_slice(mg[k][j].1);
+                st.v.copy_from_slice(vg[k][j].1);
+            }
+        }
+    }
+    for (blk, hw) in m.head.iter().zip(&w.head) {
+        blk.stats.mean.data_mut().copy_from_slice(&hw.running_mean);
+        blk.stats.var.data_mut().copy_from_slice(&hw.running_var);
+    }
+}
+
+/// One CPU training step (forward, backward, clip, Adam) with `frozen` groups; returns
+/// (loss, logits, grads before clipping, norm).
+fn cpu_step(m: &mut Classifier, opt: &mut Adam, c: &ClasConfig, frozen: &[bool]) -> (f32, Vec<f32>, ClasWeights, f32) {
+    let (docs, labels) = batch();
+    for (group, &f) in m.param_groups().iter().zip(frozen) {
+        group.iter().for_each(|p| p.set_requires_grad(!f).unwrap());
+    }
+    opt.zero_grad();
+    let logits = m.forward(&DocBatch { docs }, true, &mut Rng::new(0)).unwrap();
+    let loss = logits.cross_entropy(&labels, None).unwrap();
+    loss.backward().unwrap();
+    let grads = grads_of(m, c);
+    let params: Vec<Tensor> = m.param_groups().into_iter().flatten().collect();
+    let norm = clip_grad_norm(&params, 0.2);
+    opt.step();
+    (loss.item().unwrap(), logits.to_vec(), grads, norm)
+}
+
+#[test]
+fn clas_step_matches_cpu() {
+    let Some(gpu) = gpu_or_skip("clas_step_matches_cpu") else { return };
+    let _lock = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let c = cfg();
+    let mut m = cpu_model(&c);
+    let mut gm = ClasCuda::new(&gpu, c.clone(), &weights_of(&m)).expect("build the CUDA classifier");
+    let (docs, labels) = batch();
+    let lens: Vec<usize> = docs.iter().map(Vec::len).collect();
+    let kept: Vec<bool> = Schedule::new(&lens, c.bptt, c.max_len).unwrap().chunks.iter().map(|ch| ch.kept).collect();
+    assert_eq!(kept, [false, true, false, false, true, true], "the batch should have chunks that are not kept");
+    let all = vec![false; c.groups()];
+    let h = hyper(&c, &all);
+    let mut opt = cpu_adam(&m, &h);
+
+    let pooled = cpu_pooled(&mut m, &docs);
+    let (loss, logits, grads, norm) = cpu_step(&mut m, &mut opt, &c, &all);
+    let gloss = gm.train_step(&docs, &labels, &h).expect("GPU train step");
+    println!("step 1: loss GPU {gloss} CPU {loss}; grad norm CPU {norm}");
+    check("pooled", &gm.pooled().unwrap(), &pooled);
+    check("logits", &gm.logits().unwrap(), &logits);
+    check("loss", &[gloss], &[loss]);
+    compare_weights("grad", &gm.grads().unwrap(), &grads);
+    check("grad norm", &[gm.grad_norm().unwrap()], &[norm]);
+    assert!(norm > 0.2, "the test should exercise clipping (norm {norm})");
+    compare_weights("after step 1", &gm.weights().unwrap(), &weights_of(&m));
+    sync_cpu_to_gpu(&m, &mut opt, &gm);
+
+    // Gradual unfreezing: embedding and layer 0 frozen, then only the embedding.
+    let l0 = 1;
+    let mut frozen = all.clone();
+    frozen[0] = true;
+    frozen[l0] = true;
+    for step in 2..=3 {
+        let before = gm.moments().unwrap();
+        let (loss, logits, grads, norm) = cpu_step(&mut m, &mut opt, &c, &frozen);
+        let gloss = gm.train_step(&docs, &labels, &hyper(&c, &frozen)).expect("GPU train step");
+        println!("step {step} frozen {frozen:?}: loss GPU {gloss} CPU {loss}; grad norm CPU {norm}");
+        check("logits", &gm.logits().unwrap(), &logits);
+        check("loss", &[gloss], &[loss]);
+        compare_weights("grad", &gm.grads().unwrap(), &grads);
+        check("grad norm", &[gm.grad_norm().unwrap()], &[norm]);
+        compare_weights(&format!("after step {step}"), &gm.weights().unwrap(), &weights_of(&m));
+        let after = gm.moments().unwrap();
+        for (k, &f) in frozen.iter().enumerate() {
+            for (b, a) in [(&before.0, &after.0), (&before.1, &after.1)] {
+                let (bg, ag) = (b.groups(), a.groups());
+                let same = bg[k].iter().zip(&ag[k]).all(|(x, y)| x.1 == y.1);
+                assert!(same == f, "group {k} (frozen {f}): moments changed {}", !same);
+            }
+        }
+        sync_cpu_to_gpu(&m, &mut opt, &gm);
+        frozen[l0] = false;
+    }
+
+    let cpu_probs: Vec<f32> = classifier_probs(&mut m, &DocBatch { docs: docs.clone() }, &mut Rng::new(0))
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .collect();
+    let gpu_probs: Vec<f32> = gm.probs(&docs).expect("GPU probs").into_iter().flatten().collect();
+    check("eval probs", &gpu_probs, &cpu_probs);
+    // Eval leaves the running statistics alone.
+    compare_weights("after eval", &gm.weights().unwrap(), &weights_of(&m));
+}
+
+#[test]
+fn clas_out_of_memory_names_the_size() {
+    let Some(gpu) = gpu_or_skip("clas_out_of_memory_names_the_size") else { return };
+    let _lock = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let c = ClasConfig { emb: 400, hidden: 1152, batch: 2, bptt: 72, max_len: 1440, ..cfg() };
+    let mut gm = ClasCuda::new(&gpu, c.clone(), &ClasWeights::zeros(&c)).expect("a small model fits");
+    // Two documents of 20 M tokens: layer 0's hidden states alone need 184 GB.
+    let docs = vec![vec![2u32; 20_000_000]; 2];
+    let err = gm.train_step(&docs, &[0, 1], &ClasHyper::uniform(&c, 1e-3)).expect_err("must run out of memory");
+    let msg = err.to_string();
+    println!("  error: {msg}");
+    assert!(
+        matches!(err, ClasError::Cuda(ulmfit_cuda::Error::OutOfMemory { bytes, .. }) if bytes >= 1 << 30),
+        "expected an out-of-memory error naming its size (>= 1 GiB): {msg}"
+    );
+    assert!(msg.contains("out of GPU memory") && msg.contains("bytes"), "{msg}");
+}
+
+#[test]
+fn clas_dropout_steps_are_finite_and_repeat() {
+    let Some(gpu) = gpu_or_skip("clas_dropout_steps_are_finite_and_repeat") else { return };
+    let _lock = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let c = ClasConfig { drop: ClasDropouts::fastai(), ..cfg() };
+    let w = weights_of(&cpu_model(&c));
+    let (docs, labels) = batch();
+    let h = hyper(&c, &vec![false; c.groups()]);
+    let run = || {
+        let mut gm = ClasCuda::new(&gpu, c.clone(), &w).expect("build");
+        let losses: Vec<f32> = (0..3).map(|_| gm.train_step(&docs, &labels, &h).expect("step")).collect();
+        (losses, gm.weights().unwrap().named().into_iter().flat_map(|(_, t)| t.to_vec()).collect::<Vec<f32>>())
+    };
+    let (a, wa) = run();
+    let (b, wb) = run();
+    println!("  dropout-on losses {a:?}");
+    assert!(a.iter().all(|l| l.is_finite() && *l > 0.0), "losses {a:?}");
+    assert_eq!(a, b, "the same seed must give the same losses");
+    assert!(wa == wb, "the same seed must give the same weights");
+    let probs = ClasCuda::new(&gpu, c.clone(), &w).unwrap().probs(&docs).expect("probs");
+    for (k, p) in probs.iter().enumerate() {
+        let sum: f32 = p.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-5 && p.iter().all(|v| *v >= 0.0), "probs of document {k}: {p:?}");
+    }
+}
+
+/// The tensors of parameter group `k`, in `ClasWeights::groups` order.
+fn group_mut(w: &mut ClasWeights, k: usize) -> Vec<&mut Vec<f32>> {
+    let nl = w.layers.len();
+    if k == 0 {
+        vec![&mut w.emb]
+    } else if k <= nl {
+        let l = &mut w.layers[k - 1];
+        vec![&mut l.w_ih, &mut l.w_hh, &mut l.b_ih, &mut l.b_hh]
+    } else {
+        let [a, b] = &mut w.head;
+        vec![&mut a.gamma, &mut a.beta, &mut a.weight, &mut b.gamma, &mut b.beta, &mut b.weight]
+    }
+}
+
+/// Dropouts on (every mask drawn from the hash, the same masks in each call of one step), one
+/// chunk: the GPU gradient of single weights of each parameter group against the central
+/// difference of the GPU loss. A forward/backward mask mismatch (embedding, input, DropConnect,
+/// hidden, head) gives errors of tens of percent; the tolerance is 2%.
+#[test]
+fn clas_dropout_gradients_match_finite_differences() {
+    let Some(gpu) = gpu_or_skip("clas_dropout_gradients_match_finite_differences") else { return };
+    let _lock = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // One chunk (bptt = the longest document): across chunks BPT3C cuts the gradient on
+    // purpose, which a finite difference would see. max_len >= bptt, so every document is
+    // pooled whole (fastai's window starts at a chunk boundary).
+    let drop = ClasDropouts { embed: 0.1, input: 0.2, weight: 0.25, hidden: 0.2, head1: 0.2, head2: 0.1 };
+    let c = ClasConfig { drop, bptt: 30, max_len: 30, ..cfg() };
+    let w0 = weights_of(&cpu_model(&c));
+    let (docs, labels) = batch();
+    let mut gm = ClasCuda::new(&gpu, c.clone(), &w0).expect("build");
+    let h = hyper(&c, &vec![false; c.groups()]);
+    gm.train_step(&docs, &labels, &h).expect("one step, so the masks of step 1 are in force");
+    let w1 = gm.weights().unwrap();
+    let loss = gm.forward_backward(&docs, &labels).expect("forward+backward");
+    let grads = gm.grads().unwrap();
+    // Single weights, the three with the largest gradient in each group: a nudge of one weight
+    // crosses few kinks (max pooling and ReLU are only piecewise smooth; a +-1 direction over a
+    // whole group crosses many), and two step sizes are tried, the closer judged (a mask
+    // mismatch fails both).
+    let mut fd = |k: usize, j: usize, eps: f32| -> f64 {
+        let mut losses = [0.0f32; 2];
+        for (s, sign) in [1.0f32, -1.0].into_iter().enumerate() {
+            let mut w = w1.clone();
+            let mut at = j;
+            for t in group_mut(&mut w, k) {
+                if at < t.len() {
+                    t[at] += sign * eps;
+                    break;
+                }
+                at -= t.len();
+            }
+            gm.set_weights(&w).unwrap();
+            losses[s] = gm.forward_backward(&docs, &labels).expect("forward+backward");
+        }
+        (losses[0] - losses[1]) as f64 / (2.0 * eps as f64)
+    };
+    for k in 0..c.groups() {
+        let g: Vec<f32> = grads.groups()[k].iter().flat_map(|(_, t)| t.iter().copied()).collect();
+        let mut order: Vec<usize> = (0..g.len()).collect();
+        order.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
+        for &j in &order[..3] {
+            let analytic = g[j] as f64;
+            let numeric = [1e-3, 2.5e-4].map(|eps| fd(k, j, eps));
+            let err = numeric.map(|n| (n - analytic).abs()).into_iter().fold(f64::INFINITY, f64::min);
+            println!(
+                "  group {k} weight {j}: loss {loss} gradient GPU {analytic:.6} finite differences {:.6} {:.6} (rel err {:.2e})",
+                numeric[0],
+                numeric[1],
+                err / analytic.abs().max(1e-12)
+            );
+            assert!(
+                err <= 2e-2 * analytic.abs() + 1e-4,
+                "group {k} weight {j}: gradient {analytic} vs finite differences {numeric:?}"
+            );
+        }
+    }
+}
