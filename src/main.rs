@@ -26,12 +26,20 @@ enum Command {
     Vocab(cli::text::VocabArgs),
     /// Download the public datasets, verified by checksum.
     Download(cli::text::DownloadArgs),
-    /// The whole ULMFiT pipeline from one TOML config (see configs/).
+    /// The whole ULMFiT pipeline from one TOML config (see configs/); --resume continues it.
     Run(cli::train::RunArgs),
+    /// Stage 1 alone: pretrain the language model (writes OUT/pretrain).
+    Pretrain(cli::train::PretrainArgs),
+    /// Stage 2 alone: fine-tune the LM on the task's text (OUT/pretrain or --from -> OUT/finetune).
+    FinetuneLm(cli::train::StageArgs),
+    /// Stage 3 alone: train the classifier (OUT/finetune or --from -> OUT/classifier).
+    TrainClassifier(cli::train::StageArgs),
+    /// Test error of a classifier checkpoint on the config's task.
+    Eval(cli::train::EvalArgs),
     /// fastai's LR range test on the config's pretraining stage.
     LrFind(cli::lr_find::LrFindArgs),
     /// Classify texts with a trained classifier checkpoint.
-    Predict(cli::train::PredictArgs),
+    Predict(cli::predict::PredictArgs),
 }
 
 fn main() {
@@ -42,8 +50,12 @@ fn main() {
         Command::Vocab(args) => cli::text::vocab(args),
         Command::Download(args) => cli::text::download(args),
         Command::Run(args) => cli::train::run(args),
+        Command::Pretrain(args) => cli::train::pretrain(args),
+        Command::FinetuneLm(args) => cli::train::finetune_lm(args),
+        Command::TrainClassifier(args) => cli::train::train_classifier(args),
+        Command::Eval(args) => cli::train::eval(args),
         Command::LrFind(args) => cli::lr_find::run(args),
-        Command::Predict(args) => cli::train::predict(args),
+        Command::Predict(args) => cli::predict::predict(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

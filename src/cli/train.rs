@@ -1,28 +1,23 @@
-//! `ulmfit run CONFIG`: the whole ULMFiT pipeline from one TOML file; `ulmfit predict`:
-//! class probabilities from a trained classifier checkpoint.
+//! The training commands: `ulmfit run CONFIG` (the whole pipeline from one TOML file) and the
+//! stages one at a time, `pretrain`, `finetune-lm`, `train-classifier`, `eval`. Each writes
+//! the same checkpoint directories under `run.out_dir` as `run`. Ctrl-C stops training at the
+//! next step boundary with the state saved (a second Ctrl-C exits at once); `--resume`
+//! continues from there.
 
-use std::io::Read;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ulmfit_tensor::Rng;
-use ulmfit_text::{Tokenizer, Vocab};
-use ulmfit_trainer::awd_lstm::AwdLstm;
-use ulmfit_trainer::checkpoint;
-use ulmfit_trainer::classifier::{Classifier, DocBatch};
 use ulmfit_trainer::config::{Config, DeviceKind};
-use ulmfit_trainer::pipeline;
-use ulmfit_trainer::train::classifier_probs;
+use ulmfit_trainer::control::{Interrupted, RunControl};
+use ulmfit_trainer::pipeline::{self, RunOptions, RunResults};
 
-/// `ulmfit run` options.
+/// Options every training command takes.
 #[derive(Args)]
-pub struct RunArgs {
+pub struct CommonArgs {
     /// The pipeline's TOML config (see configs/).
     config: PathBuf,
-    /// Also train the classifier from scratch with the same recipe, for comparison.
-    #[arg(long)]
-    compare_scratch: bool,
     /// Override `run.seed`.
     #[arg(long)]
     seed: Option<u64>,
@@ -34,28 +29,162 @@ pub struct RunArgs {
     device: Option<String>,
 }
 
-/// Runs the pipeline and prints the headline figures.
+impl CommonArgs {
+    /// The config with the command line's overrides, its datasets fetched if missing.
+    fn config(&self) -> Result<Config> {
+        let mut cfg = Config::load(&self.config)?;
+        if let Some(s) = self.seed {
+            cfg.run.seed = s;
+        }
+        if let Some(o) = &self.out {
+            cfg.run.out_dir = o.clone();
+        }
+        match self.device.as_deref() {
+            None => {}
+            Some("cpu") => cfg.run.device = DeviceKind::Cpu,
+            Some("cuda") => cfg.run.device = DeviceKind::Cuda,
+            Some(other) => bail!("--device {other:?}: expected cpu or cuda"),
+        }
+        if cfg.run.device == DeviceKind::Cuda {
+            bail!("training runs on the CPU only so far (the CUDA backend covers the LSTM layer and `bench`); use --device cpu");
+        }
+        fetch_missing(&mut cfg)?;
+        Ok(cfg)
+    }
+}
+
+/// `ulmfit run` options.
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Also train the classifier from scratch with the same recipe, for comparison.
+    #[arg(long)]
+    compare_scratch: bool,
+    /// Continue the interrupted run in the out_dir from its saved training state.
+    #[arg(long)]
+    resume: bool,
+}
+
+/// `ulmfit pretrain` options.
+#[derive(Args)]
+pub struct PretrainArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Continue the interrupted pretraining in the out_dir.
+    #[arg(long)]
+    resume: bool,
+}
+
+/// `ulmfit finetune-lm` and `ulmfit train-classifier` options.
+#[derive(Args)]
+pub struct StageArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The previous stage's checkpoint directory (default: OUT/pretrain for finetune-lm,
+    /// OUT/finetune for train-classifier); any directory with model.safetensors (fastai-style
+    /// names), vocab.txt and config.toml, e.g. from scripts/export_fastai.py.
+    #[arg(long)]
+    from: Option<PathBuf>,
+    /// Continue the interrupted stage in the out_dir.
+    #[arg(long)]
+    resume: bool,
+}
+
+/// `ulmfit eval` options.
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The classifier checkpoint directory (default: OUT/classifier); given several times
+    /// (e.g. OUT/classifier and OUT/classifier-bwd), their probabilities are averaged.
+    #[arg(long)]
+    model: Vec<PathBuf>,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A run control whose interrupt flag Ctrl-C sets; a second Ctrl-C exits at once.
+fn control() -> Result<RunControl> {
+    let ctl = RunControl::new();
+    let flag = ctl.interrupt.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond Ctrl-C: exiting without saving");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: stopping at the next step and saving the training state (Ctrl-C again to exit now)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(ctl)
+}
+
+/// Prints a command's figures; a stopped run prints how to resume and exits with 130.
+fn report(r: Result<RunResults>, out: &std::path::Path) -> Result<()> {
+    match r {
+        Ok(r) => {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            println!("checkpoints and metrics in {}", out.display());
+            Ok(())
+        }
+        Err(e) if e.is::<Interrupted>() => {
+            eprintln!("{e}");
+            std::process::exit(130)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `ulmfit run`: the whole pipeline.
 pub fn run(a: RunArgs) -> Result<()> {
-    let mut cfg = Config::load(&a.config)?;
-    if let Some(s) = a.seed {
-        cfg.run.seed = s;
+    let cfg = a.common.config()?;
+    let opts = RunOptions { compare_scratch: a.compare_scratch, resume: a.resume };
+    report(pipeline::run_with(&cfg, &opts, &control()?), &cfg.run.out_dir)
+}
+
+/// `ulmfit pretrain`: the LM on the general corpus, to OUT/pretrain.
+pub fn pretrain(a: PretrainArgs) -> Result<()> {
+    let cfg = a.common.config()?;
+    let opts = RunOptions { resume: a.resume, ..RunOptions::default() };
+    report(pipeline::pretrain(&cfg, &opts, &control()?), &cfg.run.out_dir)
+}
+
+/// `ulmfit finetune-lm`: the LM fine-tuned on the task's text, to OUT/finetune.
+pub fn finetune_lm(a: StageArgs) -> Result<()> {
+    let cfg = a.common.config()?;
+    let opts = RunOptions { resume: a.resume, ..RunOptions::default() };
+    report(pipeline::finetune_lm(&cfg, a.from.as_deref(), &opts, &control()?), &cfg.run.out_dir)
+}
+
+/// `ulmfit train-classifier`: the classifier with gradual unfreezing, to OUT/classifier.
+pub fn train_classifier(a: StageArgs) -> Result<()> {
+    let cfg = a.common.config()?;
+    let opts = RunOptions { resume: a.resume, ..RunOptions::default() };
+    report(pipeline::train_classifier(&cfg, a.from.as_deref(), &opts, &control()?), &cfg.run.out_dir)
+}
+
+/// `ulmfit eval`: a classifier's (or an average of classifiers') test error on the config's
+/// task.
+pub fn eval(a: EvalArgs) -> Result<()> {
+    let cfg = a.common.config()?;
+    let mut dirs = a.model;
+    if dirs.is_empty() {
+        dirs.push(cfg.run.out_dir.join(pipeline::CLASSIFIER_DIR));
     }
-    if let Some(o) = a.out {
-        cfg.run.out_dir = o;
+    let e = pipeline::evaluate(&cfg, &dirs)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&e)?);
+    } else {
+        let names: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        println!(
+            "{}: test error {:.2}% (accuracy {:.2}%) on {} documents",
+            names.join(" + "),
+            100.0 * e.test_error,
+            100.0 * e.accuracy,
+            e.documents
+        );
     }
-    match a.device.as_deref() {
-        None => {}
-        Some("cpu") => cfg.run.device = DeviceKind::Cpu,
-        Some("cuda") => cfg.run.device = DeviceKind::Cuda,
-        Some(other) => bail!("--device {other:?}: expected cpu or cuda"),
-    }
-    if cfg.run.device == DeviceKind::Cuda {
-        bail!("training runs on the CPU only so far (the CUDA backend covers the LSTM layer and `bench`); use --device cpu");
-    }
-    fetch_missing(&mut cfg)?;
-    let r = pipeline::run(&cfg, a.compare_scratch)?;
-    println!("{}", serde_json::to_string_pretty(&r)?);
-    println!("results written to {}", cfg.run.out_dir.join("results.json").display());
     Ok(())
 }
 
@@ -91,78 +220,6 @@ fn fetch_missing(cfg: &mut Config) -> Result<()> {
         eprintln!();
         if name == "imdb" {
             cfg.data.task_path = "imdb/aclImdb_v1.tar.gz".into();
-        }
-    }
-    Ok(())
-}
-
-/// `ulmfit predict` options.
-#[derive(Args)]
-pub struct PredictArgs {
-    /// A classifier checkpoint directory (e.g. runs/trec-cpu/classifier).
-    #[arg(long)]
-    model: PathBuf,
-    /// Texts to classify; none: one text per line of --file, or of standard input.
-    texts: Vec<String>,
-    /// Read one text per line from this file.
-    #[arg(long)]
-    file: Option<PathBuf>,
-    /// Print one JSON object per text.
-    #[arg(long)]
-    json: bool,
-}
-
-/// Classifies texts with a saved classifier.
-pub fn predict(a: PredictArgs) -> Result<()> {
-    let ck = checkpoint::load(&a.model)?;
-    let cfg = Config::parse(&ck.config, &a.model.join("config.toml"))?;
-    let classes_path = a.model.join("classes.txt");
-    let classes: Vec<String> = std::fs::read_to_string(&classes_path)
-        .with_context(|| format!("reading {}", classes_path.display()))?
-        .lines()
-        .map(str::to_string)
-        .collect();
-    let vocab = Vocab::from_itos(ck.vocab.clone());
-    let enc_cfg = pipeline::model_config(&cfg, vocab.len(), cfg.model.clas_dropouts, cfg.model.clas_drop_mult);
-    let mut rng = Rng::new(0);
-    let mut model = Classifier::new(AwdLstm::new(enc_cfg, &mut rng), classes.len(), &mut rng);
-    model.bptt = cfg.classifier.bptt;
-    model.max_len = cfg.classifier.max_len;
-    let named = model.named_tensors();
-    let refs: Vec<(&str, &ulmfit_tensor::Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    ck.assign_to(&refs)?;
-
-    let texts: Vec<String> = if !a.texts.is_empty() {
-        a.texts
-    } else {
-        let mut s = String::new();
-        match &a.file {
-            Some(f) => s = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
-            None => _ = std::io::stdin().read_to_string(&mut s).context("reading standard input")?,
-        }
-        s.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
-    };
-    let tok = Tokenizer::new();
-    for chunk in texts.chunks(64) {
-        // The classifier wants each batch longest first; remember where each text went.
-        let mut order: Vec<(usize, Vec<u32>)> =
-            chunk.iter().map(|t| vocab.encode(&tok.tokenize(t))).enumerate().collect();
-        order.sort_by_key(|(_, ids)| std::cmp::Reverse(ids.len()));
-        let batch = DocBatch { docs: order.iter().map(|(_, ids)| ids.clone()).collect() };
-        let probs = classifier_probs(&mut model, &batch, &mut rng)?;
-        let mut back = vec![Vec::new(); chunk.len()];
-        for ((i, _), p) in order.iter().zip(probs) {
-            back[*i] = p;
-        }
-        for (text, p) in chunk.iter().zip(back) {
-            let best = p.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).map_or(0, |(i, _)| i);
-            if a.json {
-                let probs: serde_json::Map<String, serde_json::Value> =
-                    classes.iter().zip(&p).map(|(c, v)| (c.clone(), serde_json::json!(v))).collect();
-                println!("{}", serde_json::json!({"text": text, "label": classes[best], "probs": probs}));
-            } else {
-                println!("{}\t{:.3}\t{}", classes[best], p[best], text);
-            }
         }
     }
     Ok(())

@@ -67,9 +67,12 @@ pub struct NamedTensor {
 pub struct TrainMeta {
     /// Index of the stage (pretrain / fine-tune / unfreezing stage) being run.
     pub stage: usize,
+    /// Name of that stage (`pretrain`, `finetune-lm`, `classifier-2`, ...).
+    #[serde(default)]
+    pub stage_name: String,
     /// Epochs finished within the stage.
     pub epoch: usize,
-    /// Optimizer steps taken within the stage (the schedule position).
+    /// Batches done within epoch `epoch` (0 at an epoch boundary).
     pub step: u64,
     /// The run's seed.
     pub seed: u64,

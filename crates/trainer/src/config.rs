@@ -227,6 +227,9 @@ pub struct ModelConfig {
     pub max_vocab: usize,
     /// Minimum count to enter the vocabulary (3).
     pub min_freq: usize,
+    /// The model reads every document's tokens in reverse order (fastai's `backwards`); set
+    /// on the backward checkpoints that `run.backwards` trains (false).
+    pub backwards: bool,
 }
 
 impl Default for ModelConfig {
@@ -241,6 +244,7 @@ impl Default for ModelConfig {
             clas_drop_mult: 0.5,
             max_vocab: 60000,
             min_freq: 3,
+            backwards: false,
         }
     }
 }
@@ -488,7 +492,8 @@ pub struct RunConfig {
     pub device: DeviceKind,
     /// Checkpoints, metrics and plots go here (`runs/ulmfit`).
     pub out_dir: PathBuf,
-    /// Also train backward models and average forward and backward predictions.
+    /// After the forward pipeline, train it again on reversed token order (LM, fine-tuned LM
+    /// and classifier in `*-bwd/`) and report the test error of the averaged probabilities.
     pub backwards: bool,
 }
 
@@ -526,6 +531,14 @@ impl Config {
         } else {
             Err(ConfigError::Invalid { path: origin.into(), problems })
         }
+    }
+
+    /// The same config for the backward model (`model.backwards`), as `run.backwards` trains it.
+    pub fn backward(&self) -> Config {
+        let mut c = self.clone();
+        c.model.backwards = true;
+        c.run.backwards = false;
+        c
     }
 
     /// The config as TOML (stored beside checkpoints; parses back to the same config).
@@ -631,6 +644,12 @@ impl Config {
         ] {
             check(key, v.to_string(), v >= 0.0 && v.is_finite(), "must be >= 0");
         }
+        check(
+            "run.backwards",
+            self.run.backwards.to_string(),
+            !(self.run.backwards && m.backwards),
+            "needs model.backwards = false (it trains the forward model, then the backward one)",
+        );
         check("classifier.head_p", c.head_p.to_string(), (0.0..1.0).contains(&c.head_p), "a dropout must be in [0, 1)");
         check("classifier.max_len", c.max_len.to_string(), c.max_len >= c.bptt, "must be at least classifier.bptt");
         for (i, s) in c.stages.iter().flatten().enumerate() {

@@ -1,6 +1,10 @@
 //! The training stages of a ULMFiT run, each a loop over epochs with a scheduled Adam,
 //! validation after every epoch, one metrics row per epoch and a progress line:
 //! `fit_lm` (pretraining and LM fine-tuning) and `fit_classifier` (gradual unfreezing).
+//! Both report to `control::StageHooks`: a plain `MetricsLog` takes the rows; a `Tracker` also
+//! saves the state after every epoch, stops at the next step boundary when asked, and
+//! resumes a stage from its saved position (`tests/pipeline_resume.rs` checks the result is
+//! the uninterrupted run's).
 
 use std::time::Instant;
 
@@ -12,7 +16,8 @@ use ulmfit_text::{Bptt, Corpus, LmStream};
 
 use crate::awd_lstm::LanguageModel;
 use crate::classifier::{Classifier, DocBatch};
-use crate::metrics::{EpochMetrics, MetricsLog};
+use crate::control::{Position, StageHooks};
+use crate::metrics::EpochMetrics;
 use crate::progress::EpochProgress;
 use crate::schedule::{FreezeStage, Schedule};
 use crate::train::{classifier_probs, classifier_train_step, lm_evaluate, lm_train_step, StepConfig};
@@ -60,7 +65,10 @@ fn prepare(opt: &mut Adam, plan: &StagePlan) -> Result<()> {
 }
 
 /// Trains the language model on `train` for the plan's epochs (fixed BPTT `bptt`, batch
-/// `bs`), validating on `valid` after each epoch. Returns the last (loss, accuracy).
+/// `bs`), validating on `valid` after each epoch and reporting to `run`.
+/// Returns the last (loss, accuracy); a stage the resumed run has passed is skipped (NaN).
+/// Stopped mid-epoch, it returns `control::Interrupted` without saving (the carried LSTM
+/// state is not part of the checkpoint), so a resumed run repeats that epoch.
 #[allow(clippy::too_many_arguments)] // one stage's data, model, optimizer and bookkeeping
 pub fn fit_lm(
     model: &mut LanguageModel,
@@ -71,8 +79,11 @@ pub fn fit_lm(
     bs: usize,
     bptt: usize,
     seed: u64,
-    log: &mut MetricsLog,
+    run: &mut impl StageHooks,
 ) -> Result<(f32, f32)> {
+    if run.passed(&plan.name) {
+        return Ok((f32::NAN, f32::NAN));
+    }
     prepare(opt, plan)?;
     ensure!(
         train.ids.len() > bs * 2 && valid.ids.len() > bs * 2,
@@ -81,9 +92,11 @@ pub fn fit_lm(
     );
     let batches_per_epoch = LmStream::new(train, bs, Bptt::Fixed(bptt), false, seed, 0)?.count();
     let total = plan.epochs * batches_per_epoch;
-    let mut rng = Rng::new(seed ^ 0x5eed);
-    let mut last = (f32::NAN, 0.0);
-    for epoch in 0..plan.epochs {
+    let fresh = Position::start(Rng::new(seed ^ 0x5eed).state());
+    let from = run.begin(&plan.name, &model.named_params(), opt, fresh)?;
+    let mut rng = Rng::from_state(from.rng);
+    let mut last = from.last;
+    for epoch in from.epoch..plan.epochs {
         model.encoder.reset();
         let start = Instant::now();
         let mut progress = EpochProgress::new(&plan.name, batches_per_epoch);
@@ -95,6 +108,9 @@ pub fn fit_lm(
             loss_sum += ce as f64;
             n += 1;
             progress.update(ce as f64, batch.x.len());
+            if run.step_done() && i + 1 < batches_per_epoch {
+                return Err(run.interrupted(&plan.name, epoch, i + 1, false));
+            }
         }
         let (_, tokens_per_s) = progress.finish();
         let valid_batches: Vec<_> = LmStream::new(valid, bs, Bptt::Fixed(bptt), false, seed, 0)?.collect();
@@ -111,8 +127,12 @@ pub fn fit_lm(
             seconds: start.elapsed().as_secs_f64(),
             tokens_per_s,
         };
-        log.append(&m)?;
         eprintln!("{} epoch {}/{}: train loss {:.3}, valid loss {:.3}, perplexity {:.1}, accuracy {:.3}, {:.0}s, {:.0} tokens/s", plan.name, epoch + 1, plan.epochs, m.train_loss, last.0, m.perplexity.unwrap_or(0.0), last.1, m.seconds, tokens_per_s);
+        let pos = Position { epoch: epoch + 1, last, ..Position::start(rng.state()) };
+        run.epoch_done(&m, &model.named_params(), opt, &pos)?;
+        if run.stop_requested() {
+            return Err(run.interrupted(&plan.name, epoch + 1, 0, true));
+        }
     }
     model.encoder.reset();
     Ok(last)
@@ -126,26 +146,46 @@ pub struct Labelled<'a> {
     pub labels: &'a [u32],
 }
 
+/// The documents `docs` of `corpus` as a batch sorted longest first, with their indices in
+/// that order.
+fn sorted_batch(corpus: &Corpus, docs: &[usize]) -> (DocBatch, Vec<usize>) {
+    let mut idx = docs.to_vec();
+    idx.sort_by_key(|&d| std::cmp::Reverse(corpus.doc_len(d)));
+    (DocBatch { docs: idx.iter().map(|&d| corpus.doc(d).to_vec()).collect() }, idx)
+}
+
 /// Batches of `docs` (indices into `data`), sorted longest first within each batch.
 fn doc_batch(data: &Labelled, docs: &[usize]) -> (DocBatch, Vec<u32>) {
-    let mut idx = docs.to_vec();
-    idx.sort_by_key(|&d| std::cmp::Reverse(data.corpus.doc_len(d)));
-    let batch = DocBatch { docs: idx.iter().map(|&d| data.corpus.doc(d).to_vec()).collect() };
+    let (batch, idx) = sorted_batch(data.corpus, docs);
     (batch, idx.iter().map(|&d| data.labels[d]).collect())
+}
+
+/// Class probabilities of every document of `corpus`, in corpus order (no dropout; batch
+/// norm in eval mode), read in batches of `bs` documents of similar length.
+pub fn predict_probs(model: &mut Classifier, corpus: &Corpus, bs: usize) -> Result<Vec<Vec<f32>>> {
+    let lens: Vec<usize> = (0..corpus.len()).map(|d| corpus.doc_len(d)).collect();
+    let order = sorted_order(&lens, bs, false, &mut ulmfit_text::rng::Rng::new(0));
+    let mut rng = Rng::new(0);
+    let mut out = vec![Vec::new(); corpus.len()];
+    for docs in order.chunks(bs) {
+        let (batch, idx) = sorted_batch(corpus, docs);
+        for (d, p) in idx.into_iter().zip(classifier_probs(model, &batch, &mut rng)?) {
+            out[d] = p;
+        }
+    }
+    Ok(out)
+}
+
+/// Fraction of documents whose most probable class (`probs`, one row per document) is
+/// their label.
+pub fn accuracy_of(probs: &[Vec<f32>], labels: &[u32]) -> f32 {
+    let correct = probs.iter().zip(labels).filter(|(p, &y)| argmax(p) == y as usize).count();
+    correct as f32 / labels.len().max(1) as f32
 }
 
 /// Fraction of `data` the classifier gets right (no dropout; batch norm in eval mode).
 pub fn accuracy(model: &mut Classifier, data: &Labelled, bs: usize) -> Result<f32> {
-    let lens: Vec<usize> = (0..data.corpus.len()).map(|d| data.corpus.doc_len(d)).collect();
-    let order = sorted_order(&lens, bs, false, &mut ulmfit_text::rng::Rng::new(0));
-    let mut rng = Rng::new(0);
-    let mut correct = 0;
-    for docs in order.chunks(bs) {
-        let (batch, labels) = doc_batch(data, docs);
-        let probs = classifier_probs(model, &batch, &mut rng)?;
-        correct += probs.iter().zip(&labels).filter(|(p, &y)| argmax(p) == y as usize).count();
-    }
-    Ok(correct as f32 / data.corpus.len().max(1) as f32)
+    Ok(accuracy_of(&predict_probs(model, data.corpus, bs)?, data.labels))
 }
 
 fn argmax(p: &[f32]) -> usize {
@@ -153,7 +193,9 @@ fn argmax(p: &[f32]) -> usize {
 }
 
 /// Trains the classifier for one stage of gradual unfreezing, validating after each
-/// epoch; returns the last validation accuracy.
+/// epoch and reporting to `run`; returns the last validation accuracy (NaN for
+/// a stage the resumed run has passed). Stopped, it saves the state at that batch and
+/// returns `control::Interrupted`.
 #[allow(clippy::too_many_arguments)] // one stage's data, model, optimizer and bookkeeping
 pub fn fit_classifier(
     model: &mut Classifier,
@@ -163,22 +205,33 @@ pub fn fit_classifier(
     valid: &Labelled,
     bs: usize,
     seed: u64,
-    log: &mut MetricsLog,
+    run: &mut impl StageHooks,
 ) -> Result<f32> {
+    if run.passed(&plan.name) {
+        return Ok(f32::NAN);
+    }
     prepare(opt, plan)?;
     ensure!(train.corpus.len() >= 2, "stage {}: fewer than 2 training documents", plan.name);
     let lens: Vec<usize> = (0..train.corpus.len()).map(|d| train.corpus.doc_len(d)).collect();
     let batches_per_epoch = lens.len().div_ceil(bs);
     let total = plan.epochs * batches_per_epoch;
-    let mut rng = Rng::new(seed ^ 0xc1a5);
-    let mut acc = 0.0;
-    for epoch in 0..plan.epochs {
+    let fresh = Position::start(Rng::new(seed ^ 0xc1a5).state());
+    let from = run.begin(&plan.name, &model.named_tensors(), opt, fresh)?;
+    let mut rng = Rng::from_state(from.rng);
+    let mut acc = from.last.1;
+    if from.batch > 0 {
+        // Mid-epoch: the metrics row reads the LR of the last step taken.
+        let step = from.epoch * batches_per_epoch + from.batch - 1;
+        plan.schedule.apply(&mut opt.groups, &plan.peaks, step, total);
+    }
+    for epoch in from.epoch..plan.epochs {
         let start = Instant::now();
         let mut order_rng = ulmfit_text::rng::Rng::new(seed.wrapping_add(epoch as u64));
         let order = sorted_order(&lens, bs, true, &mut order_rng);
         let mut progress = EpochProgress::new(&plan.name, batches_per_epoch);
-        let (mut loss_sum, mut n) = (0.0f64, 0usize);
-        for (i, docs) in order.chunks(bs).enumerate() {
+        let (skip, mut loss_sum, mut n) =
+            if epoch == from.epoch { (from.batch, from.loss_sum, from.steps) } else { (0, 0.0f64, 0usize) };
+        for (i, docs) in order.chunks(bs).enumerate().skip(skip) {
             if docs.len() < 2 {
                 continue; // batch norm needs two rows
             }
@@ -189,6 +242,11 @@ pub fn fit_classifier(
             loss_sum += loss as f64;
             n += 1;
             progress.update(loss as f64, docs.iter().map(|&d| lens[d]).sum());
+            if run.step_done() && i + 1 < batches_per_epoch {
+                let pos = Position { epoch, batch: i + 1, rng: rng.state(), loss_sum, steps: n, last: (f32::NAN, acc) };
+                run.save(&plan.name, &model.named_tensors(), opt, &pos)?;
+                return Err(run.interrupted(&plan.name, epoch, i + 1, true));
+            }
         }
         let (_, tokens_per_s) = progress.finish();
         acc = accuracy(model, valid, bs)?;
@@ -204,7 +262,6 @@ pub fn fit_classifier(
             seconds: start.elapsed().as_secs_f64(),
             tokens_per_s,
         };
-        log.append(&m)?;
         eprintln!(
             "{} epoch {}/{}: train loss {:.3}, valid accuracy {:.3}, {:.0}s",
             plan.name,
@@ -214,6 +271,11 @@ pub fn fit_classifier(
             acc,
             m.seconds
         );
+        let pos = Position { epoch: epoch + 1, last: (f32::NAN, acc), ..Position::start(rng.state()) };
+        run.epoch_done(&m, &model.named_tensors(), opt, &pos)?;
+        if run.stop_requested() {
+            return Err(run.interrupted(&plan.name, epoch + 1, 0, true));
+        }
     }
     Ok(acc)
 }

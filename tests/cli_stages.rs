@@ -1,0 +1,104 @@
+//! The stage commands through the built binary, on a tiny TREC-6 pipeline: `pretrain`,
+//! `finetune-lm`, `train-classifier`, then `eval --json` must report the test error
+//! `train-classifier` printed; `run --resume` where nothing was saved must fail with a
+//! message naming the missing state.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn data_dir() -> PathBuf {
+    std::env::var_os("ULMFIT_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data")))
+}
+
+fn ulmfit(args: &[&str], config: &Path, out: &Path) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_ulmfit"))
+        .args(args)
+        .arg(config)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("running ulmfit");
+    println!("ulmfit {args:?}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// The first JSON object in a command's standard output.
+fn json(out: &Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text.find('{').expect("no JSON in the output");
+    serde_json::Deserializer::from_str(&text[start..]).into_iter().next().unwrap().unwrap()
+}
+
+#[test]
+fn stage_commands_chain_and_eval() {
+    let data = data_dir();
+    if !data.join("trec/train_5500.label").exists() {
+        println!("skip: no trec under {} (set ULMFIT_DATA)", data.display());
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ulmfit-cli-stages-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("tiny.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[data]
+root = "{}"
+lm_train = "trec/TREC_10.label"
+lm_valid = "trec/TREC_10.label"
+task = "trec"
+task_path = "trec"
+
+[model]
+emb_sz = 16
+n_hid = 32
+n_layers = 2
+max_vocab = 600
+min_freq = 2
+
+[pretrain]
+epochs = 1
+bs = 16
+bptt = 20
+
+[finetune_lm]
+frozen_epochs = 0
+epochs = 1
+bs = 32
+bptt = 35
+
+[classifier]
+bs = 64
+
+[[classifier.stages]]
+freeze_to = 0
+epochs = 1
+lr = 1e-2
+"#,
+            data.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.join("run");
+    let r = ulmfit(&["run", "--resume"], &config, &out);
+    assert!(!r.status.success(), "run --resume with no state succeeded");
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("no training state"), "{err}");
+    for cmd in ["pretrain", "finetune-lm"] {
+        assert!(ulmfit(&[cmd, "--seed", "3"], &config, &out).status.success(), "{cmd} failed");
+    }
+    let trained = ulmfit(&["train-classifier", "--seed", "3"], &config, &out);
+    assert!(trained.status.success(), "train-classifier failed");
+    let eval = ulmfit(&["eval", "--seed", "3", "--json"], &config, &out);
+    assert!(eval.status.success(), "eval failed");
+    let (want, got) = (json(&trained)["test_error"].as_f64(), json(&eval)["test_error"].as_f64());
+    assert!(want.is_some() && want == got, "train-classifier reported {want:?}, eval {got:?}");
+    for f in ["pretrain/model.safetensors", "finetune/vocab.txt", "classifier/classes.txt", "metrics.jsonl"] {
+        assert!(out.join(f).exists(), "the commands did not write {f}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
