@@ -7,9 +7,11 @@
 //! document starts at step 0 from a zero state, so chunk boundaries fall at multiples of
 //! `bptt` from each document's start, as with fastai's front padding in whole chunks. At
 //! chunk `i` only the rows still inside their document are run (a prefix, since rows are
-//! sorted). State is detached between chunks. Each document is pooled over its last
-//! `max_len` steps; chunks that reach into some document's window are kept on the graph,
-//! the others run without recording it, so gradients reach the kept chunks only (BPT3C).
+//! sorted). State is detached between chunks. Pooling keeps, as fastai's `SentenceEncoder`
+//! does, the chunks that start at most `max_len` steps before the longest document's end
+//! (in fastai's front-padded layout); chunks that reach into some document's window are kept
+//! on the graph, the others run without recording it, so gradients reach the kept chunks
+//! only (BPT3C). `tests/parity_fastai.rs` checks all of this against fastai.
 
 use crate::awd_lstm::AwdLstm;
 use ulmfit_tensor::autograd::Op;
@@ -195,7 +197,12 @@ impl Classifier {
             });
         }
         let longest = lens[0];
-        let from: Vec<usize> = lens.iter().map(|l| l.saturating_sub(self.max_len)).collect();
+        // fastai front-pads each document by whole chunks and pools the chunks that start at
+        // most `max_len` before the batch's end (`SentenceEncoder`): the first multiple of
+        // bptt at or after `longest - max_len`, counted in each document's own steps.
+        let first = longest.saturating_sub(self.max_len).div_ceil(self.bptt) * self.bptt;
+        let from: Vec<usize> =
+            lens.iter().map(|l| first.saturating_sub((longest - l) / self.bptt * self.bptt)).collect();
         self.encoder.reset();
         let mut chunks = Vec::new();
         for start in (0..longest).step_by(self.bptt) {
