@@ -27,6 +27,9 @@ pub struct CommonArgs {
     /// Override `run.device` (cpu or cuda).
     #[arg(long)]
     device: Option<String>,
+    /// Let cuBLAS use TF32 tensor cores on CUDA (sets `run.tf32`).
+    #[arg(long)]
+    tf32: bool,
 }
 
 impl CommonArgs {
@@ -45,9 +48,7 @@ impl CommonArgs {
             Some("cuda") => cfg.run.device = DeviceKind::Cuda,
             Some(other) => bail!("--device {other:?}: expected cpu or cuda"),
         }
-        if cfg.run.device == DeviceKind::Cuda {
-            bail!("training runs on the CPU only so far (the CUDA backend covers the LSTM layer and `bench`); use --device cpu");
-        }
+        cfg.run.tf32 |= self.tf32;
         fetch_missing(&mut cfg)?;
         Ok(cfg)
     }

@@ -495,11 +495,13 @@ pub struct RunConfig {
     /// After the forward pipeline, train it again on reversed token order (LM, fine-tuned LM
     /// and classifier in `*-bwd/`) and report the test error of the averaged probabilities.
     pub backwards: bool,
+    /// On CUDA, let cuBLAS use TF32 tensor cores for FP32 GEMMs (off).
+    pub tf32: bool,
 }
 
 impl Default for RunConfig {
     fn default() -> Self {
-        RunConfig { seed: 42, device: DeviceKind::Cpu, out_dir: "runs/ulmfit".into(), backwards: false }
+        RunConfig { seed: 42, device: DeviceKind::Cpu, out_dir: "runs/ulmfit".into(), backwards: false, tf32: false }
     }
 }
 

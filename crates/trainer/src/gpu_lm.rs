@@ -1,30 +1,26 @@
-//! Language-model stages on the GPU: [`fit_lm_gpu`] trains a [`LanguageModel`] for one
-//! stage with `ulmfit_cuda::lm::LmCuda` (the device-resident AWD-LSTM step: fused LSTM,
+//! The language model's steps on the GPU ([`GpuLmSteps`], a `backend::LmSteps`): a stage's
+//! model runs as `ulmfit_cuda::lm::LmCuda` (the device-resident AWD-LSTM step: fused LSTM,
 //! tied decoder, dropouts from a counter-based hash, AR/TAR, clipping, fused Adam with one
-//! slot per parameter group) and copies the weights and Adam moments back, so the stage
-//! reads and leaves the same CPU model and optimizer as `stages::fit_lm` and the stages
-//! before and after it (classifier, checkpoints) need not know where it ran.
+//! slot per parameter group, CUDA graphs), set up from the CPU model and optimizer and
+//! copied back into them on `to_host`, so the stage loop, checkpoints and the stages
+//! around it are those of the CPU.
 //!
-//! Differences from the CPU stage: dropout masks come from the device hash (same seed, same
-//! run, but not the CPU's masks), a last batch shorter than `bptt` is skipped (the step's
-//! shapes are fixed), and the LM's next-token accuracy is not measured. The device step is
-//! checked against its CPU spec by crates/cuda/tests/lm_vs_ref.rs; this file only moves
-//! weights, moments and settings, checked on the GPU by tests/gpu_lm.rs.
+//! Differences from the CPU steps: dropout masks come from the device hash (repeatable, but
+//! not the CPU's masks), only full `bs` x `bptt` batches run (the step's shapes are fixed),
+//! and the LM's next-token accuracy is not measured. The device step is checked against its
+//! CPU spec by crates/cuda/tests/lm_vs_ref.rs; this file only moves weights, moments and
+//! settings, checked on the GPU against the CPU stages by tests/gpu_lm.rs.
 
-use std::time::Instant;
-
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use ulmfit_cuda::lm::{Dropouts, GroupHyper, Hyper, LmConfig, LmCuda, LmWeights};
 use ulmfit_cuda::Gpu;
 use ulmfit_lstm::LayerWeights;
 use ulmfit_tensor::optim::{Adam, Moments};
-use ulmfit_tensor::Tensor;
-use ulmfit_text::{Bptt, Corpus, LmStream};
+use ulmfit_tensor::{Rng, Tensor};
+use ulmfit_text::LmBatch;
 
 use crate::awd_lstm::LanguageModel;
-use crate::metrics::{EpochMetrics, MetricsLog};
-use crate::progress::EpochProgress;
-use crate::schedule::FreezeStage;
+use crate::backend::LmSteps;
 use crate::stages::StagePlan;
 use crate::train::TrainError;
 
@@ -85,170 +81,145 @@ fn moment_index(layers: usize) -> Vec<(usize, usize)> {
     out
 }
 
-/// Copies the CPU optimizer's moments (where it has any) to the device; returns each
-/// group's update count.
-fn upload_moments(dev: &mut LmCuda, opt: &Adam, model: &LanguageModel) -> Result<Vec<u32>> {
+/// Each group's optimizer state in the CPU optimizer: (moments of each tensor of
+/// [`tensors`] or zeros, Adam update count of each group).
+fn host_moments(opt: &Adam, model: &LanguageModel) -> (Vec<f32>, Vec<f32>, Vec<u32>) {
     let state = opt.moments();
-    let mut updates = vec![0u32; state.len()];
-    if state.iter().flatten().all(|s| s.m.is_empty()) {
-        return Ok(updates);
-    }
-    let (mut m, mut v) = (Vec::new(), Vec::new());
+    let (mut m, mut v, mut updates) = (Vec::new(), Vec::new(), vec![0u32; state.len()]);
     for (t, (g, k)) in tensors(model).iter().zip(moment_index(model.encoder.layers.len())) {
         let s = &state[g][k];
-        let fresh = s.m.is_empty();
-        m.extend_from_slice(if fresh { &[] } else { &s.m });
-        v.extend_from_slice(if fresh { &[] } else { &s.v });
-        if fresh {
+        if s.m.is_empty() {
             m.resize(m.len() + t.numel(), 0.0);
             v.resize(v.len() + t.numel(), 0.0);
+        } else {
+            m.extend_from_slice(&s.m);
+            v.extend_from_slice(&s.v);
         }
         updates[g] = updates[g].max(s.steps);
     }
-    dev.set_moments(&m, &v)?;
-    Ok(updates)
+    (m, v, updates)
 }
 
-/// Copies the device weights and moments back into `model` and `opt`.
-fn download(dev: &LmCuda, opt: &mut Adam, model: &LanguageModel, updates: &[u32]) -> Result<()> {
-    let w = dev.weights()?;
-    let (m, v) = dev.moments()?;
-    let mut at = 0;
-    let state = opt.moments_mut();
-    for ((t, (_, host)), (g, k)) in tensors(model).iter().zip(w.named()).zip(moment_index(model.encoder.layers.len())) {
-        t.data_mut().copy_from_slice(host);
-        let n = t.numel();
-        if updates[g] > 0 {
-            state[g][k] = Moments { m: m[at..at + n].to_vec(), v: v[at..at + n].to_vec(), steps: updates[g] };
-        }
-        at += n;
-    }
-    Ok(())
-}
-
-/// The settings of every group for the next step, from the optimizer's groups (as the
-/// schedule left them) and the plan.
+/// The settings of every group for the next step, from the optimizer's groups: the LR and
+/// beta1 the schedule set, trainability and weight decay as the stage set them.
 fn group_settings(opt: &Adam, plan: &StagePlan, updates: &[u32]) -> Vec<GroupHyper> {
-    let n = opt.groups.len();
-    let stage = FreezeStage { trainable_groups_from_top: plan.trainable_from_top, epochs: 0, lr_max: 0.0, lr_div: 1.0 };
     opt.groups
         .iter()
-        .enumerate()
-        .map(|(g, group)| GroupHyper {
+        .zip(updates)
+        .map(|(group, &updates)| GroupHyper {
             hyper: Hyper {
                 lr: group.lr,
                 beta1: group.betas.0,
                 beta2: group.betas.1,
                 eps: opt.eps,
-                weight_decay: plan.wd,
+                weight_decay: group.weight_decay,
                 clip: plan.step.clip.unwrap_or(0.0),
             },
-            frozen: !stage.is_trainable(g, n),
-            updates: updates[g],
+            frozen: !group.params.iter().any(Tensor::requires_grad),
+            updates,
         })
         .collect()
-}
-
-/// Mean cross-entropy of `valid` (full batches only), dropout off, state from zero.
-fn evaluate(dev: &mut LmCuda, valid: &Corpus, bs: usize, bptt: usize, seed: u64) -> Result<f32> {
-    dev.set_state(&zero_state(dev.config()))?;
-    let (mut sum, mut n) = (0.0f64, 0usize);
-    for b in LmStream::new(valid, bs, Bptt::Fixed(bptt), false, seed, 0)?.filter(|b| b.seq_len == bptt) {
-        sum += dev.evaluate(&b.x, &b.y)? as f64;
-        n += 1;
-    }
-    ensure!(n > 0, "the validation text has no full batch of {bs} x {bptt} tokens");
-    Ok((sum / n as f64) as f32)
 }
 
 fn zero_state(cfg: &LmConfig) -> Vec<(Vec<f32>, Vec<f32>)> {
     cfg.layer_dims().iter().map(|d| (vec![0.0; d.b * d.h], vec![0.0; d.b * d.h])).collect()
 }
 
-/// `stages::fit_lm` on the GPU: trains `model` for the plan's epochs (batch `bs`, fixed
-/// BPTT `bptt`), validating after each; weights and Adam moments go back to `model` and
-/// `opt` at the end. Returns the last (validation loss, NaN accuracy).
-#[allow(clippy::too_many_arguments)] // one stage's data, model, optimizer and bookkeeping
-pub fn fit_lm_gpu(
-    gpu: &Gpu,
-    model: &mut LanguageModel,
-    opt: &mut Adam,
-    plan: &StagePlan,
-    train: &Corpus,
-    valid: &Corpus,
-    bs: usize,
-    bptt: usize,
-    seed: u64,
-    log: &mut MetricsLog,
-) -> Result<(f32, f32)> {
-    ensure!(
-        plan.peaks.len() == opt.groups.len(),
-        "stage {}: {} learning rates for {} parameter groups",
-        plan.name,
-        plan.peaks.len(),
-        opt.groups.len()
-    );
-    let cfg = lm_config(model, plan, bs, bptt, seed);
-    let mut dev = LmCuda::new(gpu, cfg, &to_device_weights(model), Hyper::default())
-        .with_context(|| format!("stage {}: setting up the language model on {}", plan.name, gpu.name()))?;
-    let mut updates = upload_moments(&mut dev, opt, model)?;
-    let batches_per_epoch =
-        LmStream::new(train, bs, Bptt::Fixed(bptt), false, seed, 0)?.filter(|b| b.seq_len == bptt).count();
-    ensure!(batches_per_epoch > 0, "stage {}: the text has no full batch of {bs} x {bptt} tokens", plan.name);
-    let total = plan.epochs * batches_per_epoch;
-    let mut last = (f32::NAN, f32::NAN);
-    for epoch in 0..plan.epochs {
-        dev.set_state(&zero_state(dev.config()))?;
-        let start = Instant::now();
-        let mut progress = EpochProgress::new(&plan.name, batches_per_epoch);
-        let (mut loss_sum, mut n) = (0.0f64, 0usize);
-        let batches = LmStream::new(train, bs, Bptt::Fixed(bptt), true, seed, epoch as u64)?;
-        for (i, batch) in batches.filter(|b| b.seq_len == bptt).enumerate() {
-            let step = epoch * batches_per_epoch + i;
-            plan.schedule.apply(&mut opt.groups, &plan.peaks, step, total);
-            let settings = group_settings(opt, plan, &updates);
-            dev.set_groups(&settings)?;
-            if step == 0 {
-                dev.capture_graphs()?; // after the first settings: cuBLAS warms up outside the capture
-            }
-            let [_, ce, ..] = dev.step(&batch.x, &batch.y)?;
-            if !ce.is_finite() {
-                return Err(TrainError::NonFinite { what: "cross-entropy", value: ce, step }.into());
-            }
-            settings.iter().zip(&mut updates).filter(|(s, _)| !s.frozen).for_each(|(_, u)| *u += 1);
-            loss_sum += ce as f64;
-            n += 1;
-            progress.update(ce as f64, batch.x.len());
-        }
-        let (_, tokens_per_s) = progress.finish();
-        let loss = evaluate(&mut dev, valid, bs, bptt, seed)?;
-        last = (loss, f32::NAN);
-        let m = EpochMetrics {
-            stage: plan.name.clone(),
-            epoch: epoch + 1,
-            step: ((epoch + 1) * batches_per_epoch) as u64,
-            train_loss: loss_sum / n.max(1) as f64,
-            valid_loss: Some(loss as f64),
-            accuracy: None,
-            perplexity: Some((loss as f64).exp()),
-            lr: opt.groups.last().map_or(0.0, |g| g.lr as f64),
-            seconds: start.elapsed().as_secs_f64(),
-            tokens_per_s,
-        };
-        log.append(&m)?;
-        eprintln!(
-            "{} epoch {}/{} (GPU): train loss {:.3}, valid loss {:.3}, perplexity {:.1}, {:.0}s, {:.0} tokens/s",
-            plan.name,
-            epoch + 1,
-            plan.epochs,
-            m.train_loss,
-            loss,
-            m.perplexity.unwrap_or(0.0),
-            m.seconds,
-            tokens_per_s
-        );
+/// A stage's language model on the GPU.
+pub struct GpuLmSteps<'g> {
+    dev: LmCuda<'g>,
+    /// Adam updates of each parameter group so far.
+    updates: Vec<u32>,
+    /// Whether the step's CUDA graphs are captured (at the first step, after its settings).
+    captured: bool,
+}
+
+impl<'g> GpuLmSteps<'g> {
+    /// Uploads `model` and `opt`'s moments for batches of `bs` x `bptt`.
+    pub fn new(
+        gpu: &'g Gpu,
+        model: &LanguageModel,
+        opt: &Adam,
+        plan: &StagePlan,
+        bs: usize,
+        bptt: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        let cfg = lm_config(model, plan, bs, bptt, seed);
+        let mut dev = LmCuda::new(gpu, cfg, &to_device_weights(model), Hyper::default())
+            .with_context(|| format!("stage {}: setting up the language model on {}", plan.name, gpu.name()))?;
+        let (m, v, updates) = host_moments(opt, model);
+        dev.set_moments(&m, &v)?;
+        Ok(GpuLmSteps { dev, updates, captured: false })
     }
-    download(&dev, opt, model, &updates)?;
-    model.encoder.reset();
-    Ok(last)
+}
+
+impl LmSteps for GpuLmSteps<'_> {
+    fn fixed_shape(&self) -> Option<(usize, usize)> {
+        let c = self.dev.config();
+        Some((c.t, c.b))
+    }
+
+    fn reset(&mut self, _: &mut LanguageModel) -> Result<()> {
+        Ok(self.dev.set_state(&zero_state(self.dev.config()))?)
+    }
+
+    fn train(
+        &mut self,
+        _: &mut LanguageModel,
+        opt: &mut Adam,
+        batch: &LmBatch,
+        plan: &StagePlan,
+        _: &mut Rng,
+        step: usize,
+    ) -> Result<f32> {
+        // The counter before the step: masks and Adam counts follow the stage's step index,
+        // so a resumed stage draws the masks of the uninterrupted one.
+        self.dev.set_step_count(step as u32)?;
+        let settings = group_settings(opt, plan, &self.updates);
+        self.dev.set_groups(&settings)?;
+        if !self.captured {
+            self.dev.capture_graphs()?; // after the first settings: cuBLAS sets up outside the capture
+            self.captured = true;
+        }
+        let [_, ce, ..] = self.dev.step(&batch.x, &batch.y)?;
+        if !ce.is_finite() {
+            return Err(TrainError::NonFinite { what: "the cross-entropy", value: ce, step }.into());
+        }
+        settings.iter().zip(&mut self.updates).filter(|(s, _)| !s.frozen).for_each(|(_, u)| *u += 1);
+        Ok(ce)
+    }
+
+    fn evaluate(&mut self, model: &mut LanguageModel, batches: &[LmBatch], _: &mut Rng) -> Result<(f32, f32)> {
+        self.reset(model)?;
+        let (mut sum, mut n) = (0.0f64, 0usize);
+        for b in batches {
+            sum += self.dev.evaluate(&b.x, &b.y)? as f64;
+            n += 1;
+        }
+        anyhow::ensure!(
+            n > 0,
+            "the validation text has no full batch of {:?}",
+            (self.dev.config().b, self.dev.config().t)
+        );
+        Ok(((sum / n as f64) as f32, f32::NAN))
+    }
+
+    fn to_host(&mut self, model: &mut LanguageModel, opt: &mut Adam) -> Result<()> {
+        let w = self.dev.weights()?;
+        let (m, v) = self.dev.moments()?;
+        let state = opt.moments_mut();
+        let mut at = 0;
+        let index = moment_index(model.encoder.layers.len());
+        for ((t, (_, host)), (g, k)) in tensors(model).iter().zip(w.named()).zip(index) {
+            t.data_mut().copy_from_slice(host);
+            let n = t.numel();
+            if self.updates[g] > 0 {
+                let (m, v) = (m[at..at + n].to_vec(), v[at..at + n].to_vec());
+                state[g][k] = Moments { m, v, steps: self.updates[g] };
+            }
+            at += n;
+        }
+        Ok(())
+    }
 }

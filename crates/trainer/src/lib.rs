@@ -5,19 +5,22 @@
 //! - `train.rs`: training steps and evaluation loops; `stages.rs`: epochs of a stage.
 //! - `data.rs`: corpora and task splits; `pipeline.rs`: the whole method from one config.
 //! - `schedule.rs`: slanted triangular LR, one-cycle with cyclical momentum, discriminative LRs.
-//! - `gpu_lm.rs`: the LM stages on the GPU (`ulmfit_cuda::lm`), same model and optimizer in and out.
+//! - `backend.rs`: where a stage's steps run (CPU autograd, or the GPU through `gpu_lm.rs` and
+//!   `gpu_clas.rs`, device-resident copies of the LM and classifier from `ulmfit_cuda`).
 //! - `checkpoint.rs`: safetensors weights + vocabulary + config, written atomically.
 //! - `metrics.rs`, `plot.rs`, `progress.rs`: per-epoch metrics files, curves, progress bars.
 //! - `curves.rs`: a run's loss and LR curves; `lr_find.rs`: the LR range test on pretraining.
 //! - `config.rs`: the TOML pipeline configuration.
 
 pub mod awd_lstm;
+pub mod backend;
 pub mod checkpoint;
 pub mod classifier;
 pub mod config;
 pub mod control;
 pub mod curves;
 pub mod data;
+pub mod gpu_clas;
 pub mod gpu_lm;
 pub mod lr_find;
 pub mod metrics;

@@ -18,6 +18,7 @@ use ulmfit_tensor::Rng;
 use ulmfit_text::{Corpus, Vocab};
 
 use crate::awd_lstm::{AwdLstm, AwdLstmConfig, LanguageModel};
+use crate::backend::Backend;
 use crate::checkpoint;
 use crate::config::{Config, Dropouts};
 use crate::control::{RunControl, StageHooks};
@@ -185,7 +186,7 @@ fn direction_stages(cfg: &Config) -> Vec<String> {
 }
 
 /// Pretrains the LM on the general corpus; saves it to `OUT/pretrain`.
-fn pretrain_phase(cfg: &Config, run: &mut Tracker) -> Result<(LanguageModel, Vocab)> {
+fn pretrain_phase(cfg: &Config, backend: &Backend, run: &mut Tracker) -> Result<(LanguageModel, Vocab)> {
     let t0 = Instant::now();
     let seed = cfg.run.seed;
     let Pretraining { vocab, train, valid, mut lm } = pretraining(cfg, &mut Rng::new(seed))?;
@@ -201,7 +202,7 @@ fn pretrain_phase(cfg: &Config, run: &mut Tracker) -> Result<(LanguageModel, Voc
         wd: p.wd,
         step: step_config(cfg, p.clip),
     };
-    let (loss, _) = fit_lm(&mut lm, &mut opt, &plan, &train, &valid, p.bs, p.bptt, seed, run)?;
+    let (loss, _) = fit_lm(backend, &mut lm, &mut opt, &plan, &train, &valid, p.bs, p.bptt, seed, run)?;
     *run.results.direction(cfg.model.backwards)[0] = Some((loss as f64).exp());
     save(&phase_dir(cfg, PRETRAIN), &lm.named_params(), &vocab, cfg)?;
     run.results.seconds.push((stage(cfg, PRETRAIN), t0.elapsed().as_secs_f64()));
@@ -212,6 +213,7 @@ fn pretrain_phase(cfg: &Config, run: &mut Tracker) -> Result<(LanguageModel, Voc
 /// (top group only), then unfrozen with discriminative LRs; saves it to `OUT/finetune`.
 fn finetune_phase(
     cfg: &Config,
+    backend: &Backend,
     run: &mut Tracker,
     mut lm: LanguageModel,
     base_vocab: &Vocab,
@@ -237,7 +239,7 @@ fn finetune_phase(
         wd: f.wd,
         step: step_config(cfg, f.clip),
     };
-    fit_lm(&mut lm, &mut opt, &frozen, &train, &valid, f.bs, f.bptt, seed, run)?;
+    fit_lm(backend, &mut lm, &mut opt, &frozen, &train, &valid, f.bs, f.bptt, seed, run)?;
     let unfrozen = StagePlan {
         name: stage(cfg, FINETUNE),
         epochs: f.epochs,
@@ -245,7 +247,7 @@ fn finetune_phase(
         trainable_from_top: usize::MAX,
         ..frozen
     };
-    let (loss, _) = fit_lm(&mut lm, &mut opt, &unfrozen, &train, &valid, f.bs, f.bptt, seed, run)?;
+    let (loss, _) = fit_lm(backend, &mut lm, &mut opt, &unfrozen, &train, &valid, f.bs, f.bptt, seed, run)?;
     *run.results.direction(cfg.model.backwards)[1] = Some((loss as f64).exp());
     save(&phase_dir(cfg, FINETUNE_DIR), &lm.named_params(), &vocab, cfg)?;
     run.results.seconds.push((stage(cfg, FINETUNE), t0.elapsed().as_secs_f64()));
@@ -257,6 +259,7 @@ fn finetune_phase(
 #[allow(clippy::too_many_arguments)] // config, model, data and bookkeeping of one phase
 fn classifier_phase(
     cfg: &Config,
+    backend: &Backend,
     run: &mut Tracker,
     mut encoder: AwdLstm,
     vocab: &Vocab,
@@ -285,7 +288,7 @@ fn classifier_phase(
             wd: c.wd,
             step: step_config(cfg, c.clip),
         };
-        fit_classifier(&mut model, &mut opt, &plan, &train, &valid, c.bs, cfg.run.seed, run)?;
+        fit_classifier(backend, &mut model, &mut opt, &plan, &train, &valid, c.bs, cfg.run.seed, run)?;
     }
     let test = Labelled { corpus: &s.test, labels: &task.test.1 };
     let err = 1.0 - accuracy(&mut model, &test, c.bs)? as f64;
@@ -319,11 +322,12 @@ pub fn run_with(cfg: &Config, opts: &RunOptions, ctl: &RunControl) -> Result<Run
     if opts.compare_scratch {
         stages.extend(classifier_stages(cfg, "scratch"));
     }
+    let backend = Backend::open(&cfg.run)?;
     let mut run = Tracker::open(cfg, stages, opts.resume, ctl)?;
     let task = load_task(&cfg.data, cfg.run.seed)?;
-    let vocab = one_direction(cfg, &mut run, &task)?;
+    let vocab = one_direction(cfg, &backend, &mut run, &task)?;
     if let Some(b) = &bwd {
-        one_direction(b, &mut run, &task)?;
+        one_direction(b, &backend, &mut run, &task)?;
     }
     if opts.compare_scratch {
         let vocab = match vocab {
@@ -334,7 +338,7 @@ pub fn run_with(cfg: &Config, opts: &RunOptions, ctl: &RunControl) -> Result<Run
         let cfg_enc = model_config(cfg, vocab.len(), m.clas_dropouts, m.clas_drop_mult);
         let scratch = AwdLstm::new(cfg_enc, &mut Rng::new(cfg.run.seed ^ 1));
         run.results.scratch_test_error =
-            Some(classifier_phase(cfg, &mut run, scratch, &vocab, &task, "scratch", None)?);
+            Some(classifier_phase(cfg, &backend, &mut run, scratch, &vocab, &task, "scratch", None)?);
     }
     if let Some(b) = &bwd {
         let both = [phase_dir(cfg, CLASSIFIER_DIR), phase_dir(b, CLASSIFIER_DIR)];
@@ -353,14 +357,14 @@ pub fn run_with(cfg: &Config, opts: &RunOptions, ctl: &RunControl) -> Result<Run
 /// The three phases of the config's direction, skipping those a resumed run has passed
 /// (their results are read from their directories); returns the classifier's vocabulary
 /// when this call trained the classifier.
-fn one_direction(cfg: &Config, run: &mut Tracker, task: &TaskTexts) -> Result<Option<Vocab>> {
+fn one_direction(cfg: &Config, backend: &Backend, run: &mut Tracker, task: &TaskTexts) -> Result<Option<Vocab>> {
     let mut lm = None;
     if !run.passed(&stage(cfg, PRETRAIN)) {
-        lm = Some(pretrain_phase(cfg, run)?);
+        lm = Some(pretrain_phase(cfg, backend, run)?);
     }
     if !run.passed(&stage(cfg, FINETUNE)) {
         let (pretrained, base) = lm_or_load(lm.take(), cfg, &phase_dir(cfg, PRETRAIN))?;
-        lm = Some(finetune_phase(cfg, run, pretrained, &base, task)?);
+        lm = Some(finetune_phase(cfg, backend, run, pretrained, &base, task)?);
     }
     let name = stage(cfg, CLASSIFIER_DIR);
     if classifier_stages(cfg, &name).last().is_some_and(|last| run.passed(last)) {
@@ -368,39 +372,42 @@ fn one_direction(cfg: &Config, run: &mut Tracker, task: &TaskTexts) -> Result<Op
     }
     let (tuned, vocab) = lm_or_load(lm.take(), cfg, &phase_dir(cfg, FINETUNE_DIR))?;
     let dir = phase_dir(cfg, CLASSIFIER_DIR);
-    let err = classifier_phase(cfg, run, tuned.encoder, &vocab, task, &name, Some(&dir))?;
+    let err = classifier_phase(cfg, backend, run, tuned.encoder, &vocab, task, &name, Some(&dir))?;
     *run.results.direction(cfg.model.backwards)[2] = Some(err);
     Ok(Some(vocab))
 }
 
 /// `ulmfit pretrain`: the pretraining phase alone; writes `OUT/pretrain`.
 pub fn pretrain(cfg: &Config, opts: &RunOptions, ctl: &RunControl) -> Result<RunResults> {
+    let backend = Backend::open(&cfg.run)?;
     let mut run = Tracker::open(cfg, vec![stage(cfg, PRETRAIN)], opts.resume, ctl)?;
-    pretrain_phase(cfg, &mut run)?;
+    pretrain_phase(cfg, &backend, &mut run)?;
     run.finish()
 }
 
 /// `ulmfit finetune-lm`: fine-tunes the LM in `from` (default `OUT/pretrain`) on the
 /// task's text; writes `OUT/finetune`.
 pub fn finetune_lm(cfg: &Config, from: Option<&Path>, opts: &RunOptions, ctl: &RunControl) -> Result<RunResults> {
+    let backend = Backend::open(&cfg.run)?;
     let task = load_task(&cfg.data, cfg.run.seed)?;
     let mut run = Tracker::open(cfg, finetune_stages(cfg), opts.resume, ctl)?;
     let from = from.map_or_else(|| phase_dir(cfg, PRETRAIN), Path::to_path_buf);
     let (lm, base) = load_lm(cfg, &from)?;
-    finetune_phase(cfg, &mut run, lm, &base, &task)?;
+    finetune_phase(cfg, &backend, &mut run, lm, &base, &task)?;
     run.finish()
 }
 
 /// `ulmfit train-classifier`: trains the classifier on the encoder in `from` (default
 /// `OUT/finetune`); writes `OUT/classifier` and reports the test error.
 pub fn train_classifier(cfg: &Config, from: Option<&Path>, opts: &RunOptions, ctl: &RunControl) -> Result<RunResults> {
+    let backend = Backend::open(&cfg.run)?;
     let task = load_task(&cfg.data, cfg.run.seed)?;
     let name = stage(cfg, CLASSIFIER_DIR);
     let mut run = Tracker::open(cfg, classifier_stages(cfg, &name), opts.resume, ctl)?;
     let from = from.map_or_else(|| phase_dir(cfg, FINETUNE_DIR), Path::to_path_buf);
     let (encoder, vocab) = load_encoder(cfg, &from)?;
     let dir = phase_dir(cfg, CLASSIFIER_DIR);
-    let err = classifier_phase(cfg, &mut run, encoder, &vocab, &task, &name, Some(&dir))?;
+    let err = classifier_phase(cfg, &backend, &mut run, encoder, &vocab, &task, &name, Some(&dir))?;
     *run.results.direction(cfg.model.backwards)[2] = Some(err);
     run.finish()
 }

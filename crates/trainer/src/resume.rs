@@ -28,7 +28,7 @@ use crate::pipeline::RunResults;
 pub const STATE_DIR: &str = "state";
 
 /// Config keys that may differ between a run and its resumption.
-const FREE_KEYS: [&str; 2] = ["run.out_dir", "run.device"];
+const FREE_KEYS: [&str; 3] = ["run.out_dir", "run.device", "run.tf32"];
 
 /// A loaded training state that the run has not reached yet.
 struct Pending {

@@ -12,15 +12,16 @@ use anyhow::{ensure, Result};
 use ulmfit_tensor::optim::{Adam, ParamGroup};
 use ulmfit_tensor::Rng;
 use ulmfit_text::batch::sorted_order;
-use ulmfit_text::{Bptt, Corpus, LmStream};
+use ulmfit_text::{Bptt, Corpus, LmBatch, LmStream};
 
 use crate::awd_lstm::LanguageModel;
+use crate::backend::{Backend, ClasSteps, CpuSteps};
 use crate::classifier::{Classifier, DocBatch};
 use crate::control::{Position, StageHooks};
 use crate::metrics::EpochMetrics;
 use crate::progress::EpochProgress;
 use crate::schedule::{FreezeStage, Schedule};
-use crate::train::{classifier_probs, classifier_train_step, lm_evaluate, lm_train_step, StepConfig};
+use crate::train::StepConfig;
 
 /// How one stage trains: epochs, the peak LR of each parameter group (bottom first),
 /// which groups train, the schedule and the step's regularisation.
@@ -65,12 +66,13 @@ fn prepare(opt: &mut Adam, plan: &StagePlan) -> Result<()> {
 }
 
 /// Trains the language model on `train` for the plan's epochs (fixed BPTT `bptt`, batch
-/// `bs`), validating on `valid` after each epoch and reporting to `run`.
+/// `bs`) on `backend`, validating on `valid` after each epoch and reporting to `run`.
 /// Returns the last (loss, accuracy); a stage the resumed run has passed is skipped (NaN).
 /// Stopped mid-epoch, it returns `control::Interrupted` without saving (the carried LSTM
 /// state is not part of the checkpoint), so a resumed run repeats that epoch.
 #[allow(clippy::too_many_arguments)] // one stage's data, model, optimizer and bookkeeping
 pub fn fit_lm(
+    backend: &Backend,
     model: &mut LanguageModel,
     opt: &mut Adam,
     plan: &StagePlan,
@@ -90,21 +92,27 @@ pub fn fit_lm(
         "stage {}: the corpus is too small for batch size {bs}",
         plan.name
     );
-    let batches_per_epoch = LmStream::new(train, bs, Bptt::Fixed(bptt), false, seed, 0)?.count();
-    let total = plan.epochs * batches_per_epoch;
     let fresh = Position::start(Rng::new(seed ^ 0x5eed).state());
     let from = run.begin(&plan.name, &model.named_params(), opt, fresh)?;
+    let mut steps = backend.lm_steps(model, opt, plan, bs, bptt, seed)?;
+    let shape = steps.fixed_shape();
+    let runs = |b: &LmBatch| shape.is_none_or(|(t, bn)| b.seq_len == t && b.batch_size == bn);
+    let batches_per_epoch = LmStream::new(train, bs, Bptt::Fixed(bptt), false, seed, 0)?.filter(runs).count();
+    ensure!(batches_per_epoch > 0, "stage {}: the text has no batch of {bs} x {bptt} tokens", plan.name);
+    let total = plan.epochs * batches_per_epoch;
     let mut rng = Rng::from_state(from.rng);
     let mut last = from.last;
     for epoch in from.epoch..plan.epochs {
-        model.encoder.reset();
+        steps.reset(model)?;
         let start = Instant::now();
         let mut progress = EpochProgress::new(&plan.name, batches_per_epoch);
         let (mut loss_sum, mut n) = (0.0f64, 0usize);
-        for (i, batch) in LmStream::new(train, bs, Bptt::Fixed(bptt), true, seed, epoch as u64)?.enumerate() {
+        for (i, batch) in
+            LmStream::new(train, bs, Bptt::Fixed(bptt), true, seed, epoch as u64)?.filter(runs).enumerate()
+        {
             let step = epoch * batches_per_epoch + i;
             plan.schedule.apply(&mut opt.groups, &plan.peaks, step, total);
-            let ce = lm_train_step(model, opt, &batch, plan.step, &mut rng, step)?;
+            let ce = steps.train(model, opt, &batch, plan, &mut rng, step)?;
             loss_sum += ce as f64;
             n += 1;
             progress.update(ce as f64, batch.x.len());
@@ -113,27 +121,29 @@ pub fn fit_lm(
             }
         }
         let (_, tokens_per_s) = progress.finish();
-        let valid_batches: Vec<_> = LmStream::new(valid, bs, Bptt::Fixed(bptt), false, seed, 0)?.collect();
-        last = lm_evaluate(model, valid_batches.iter(), &mut rng)?;
+        let valid_batches: Vec<_> = LmStream::new(valid, bs, Bptt::Fixed(bptt), false, seed, 0)?.filter(runs).collect();
+        last = steps.evaluate(model, &valid_batches, &mut rng)?;
         let m = EpochMetrics {
             stage: plan.name.clone(),
             epoch: epoch + 1,
             step: ((epoch + 1) * batches_per_epoch) as u64,
             train_loss: loss_sum / n.max(1) as f64,
             valid_loss: Some(last.0 as f64),
-            accuracy: Some(last.1 as f64),
+            accuracy: Some(last.1 as f64).filter(|a| a.is_finite()),
             perplexity: Some((last.0 as f64).exp()),
             lr: opt.groups.last().map_or(0.0, |g| g.lr as f64),
             seconds: start.elapsed().as_secs_f64(),
             tokens_per_s,
         };
         eprintln!("{} epoch {}/{}: train loss {:.3}, valid loss {:.3}, perplexity {:.1}, accuracy {:.3}, {:.0}s, {:.0} tokens/s", plan.name, epoch + 1, plan.epochs, m.train_loss, last.0, m.perplexity.unwrap_or(0.0), last.1, m.seconds, tokens_per_s);
+        steps.to_host(model, opt)?;
         let pos = Position { epoch: epoch + 1, last, ..Position::start(rng.state()) };
         run.epoch_done(&m, &model.named_params(), opt, &pos)?;
         if run.stop_requested() {
             return Err(run.interrupted(&plan.name, epoch + 1, 0, true));
         }
     }
+    steps.to_host(model, opt)?;
     model.encoder.reset();
     Ok(last)
 }
@@ -163,13 +173,22 @@ fn doc_batch(data: &Labelled, docs: &[usize]) -> (DocBatch, Vec<u32>) {
 /// Class probabilities of every document of `corpus`, in corpus order (no dropout; batch
 /// norm in eval mode), read in batches of `bs` documents of similar length.
 pub fn predict_probs(model: &mut Classifier, corpus: &Corpus, bs: usize) -> Result<Vec<Vec<f32>>> {
+    predict_probs_on(&mut CpuSteps, model, corpus, bs)
+}
+
+/// [`predict_probs`] through `steps` (on the device they run on).
+fn predict_probs_on(
+    steps: &mut dyn ClasSteps,
+    model: &mut Classifier,
+    corpus: &Corpus,
+    bs: usize,
+) -> Result<Vec<Vec<f32>>> {
     let lens: Vec<usize> = (0..corpus.len()).map(|d| corpus.doc_len(d)).collect();
     let order = sorted_order(&lens, bs, false, &mut ulmfit_text::rng::Rng::new(0));
-    let mut rng = Rng::new(0);
     let mut out = vec![Vec::new(); corpus.len()];
     for docs in order.chunks(bs) {
         let (batch, idx) = sorted_batch(corpus, docs);
-        for (d, p) in idx.into_iter().zip(classifier_probs(model, &batch, &mut rng)?) {
+        for (d, p) in idx.into_iter().zip(steps.probs(model, &batch)?) {
             out[d] = p;
         }
     }
@@ -198,6 +217,7 @@ fn argmax(p: &[f32]) -> usize {
 /// returns `control::Interrupted`.
 #[allow(clippy::too_many_arguments)] // one stage's data, model, optimizer and bookkeeping
 pub fn fit_classifier(
+    backend: &Backend,
     model: &mut Classifier,
     opt: &mut Adam,
     plan: &StagePlan,
@@ -217,6 +237,7 @@ pub fn fit_classifier(
     let total = plan.epochs * batches_per_epoch;
     let fresh = Position::start(Rng::new(seed ^ 0xc1a5).state());
     let from = run.begin(&plan.name, &model.named_tensors(), opt, fresh)?;
+    let mut steps = backend.clas_steps(model, opt, bs, seed)?;
     let mut rng = Rng::from_state(from.rng);
     let mut acc = from.last.1;
     if from.batch > 0 {
@@ -238,18 +259,19 @@ pub fn fit_classifier(
             let step = epoch * batches_per_epoch + i;
             plan.schedule.apply(&mut opt.groups, &plan.peaks, step, total);
             let (batch, labels) = doc_batch(train, docs);
-            let loss = classifier_train_step(model, opt, &batch, &labels, plan.step.clip, &mut rng, step)?;
+            let loss = steps.train(model, opt, &batch, &labels, plan, &mut rng, step)?;
             loss_sum += loss as f64;
             n += 1;
             progress.update(loss as f64, docs.iter().map(|&d| lens[d]).sum());
             if run.step_done() && i + 1 < batches_per_epoch {
                 let pos = Position { epoch, batch: i + 1, rng: rng.state(), loss_sum, steps: n, last: (f32::NAN, acc) };
+                steps.to_host(model, opt)?;
                 run.save(&plan.name, &model.named_tensors(), opt, &pos)?;
                 return Err(run.interrupted(&plan.name, epoch, i + 1, true));
             }
         }
         let (_, tokens_per_s) = progress.finish();
-        acc = accuracy(model, valid, bs)?;
+        acc = accuracy_of(&predict_probs_on(steps.as_mut(), model, valid.corpus, bs)?, valid.labels);
         let m = EpochMetrics {
             stage: plan.name.clone(),
             epoch: epoch + 1,
@@ -272,10 +294,12 @@ pub fn fit_classifier(
             m.seconds
         );
         let pos = Position { epoch: epoch + 1, last: (f32::NAN, acc), ..Position::start(rng.state()) };
+        steps.to_host(model, opt)?;
         run.epoch_done(&m, &model.named_tensors(), opt, &pos)?;
         if run.stop_requested() {
             return Err(run.interrupted(&plan.name, epoch + 1, 0, true));
         }
     }
+    steps.to_host(model, opt)?;
     Ok(acc)
 }

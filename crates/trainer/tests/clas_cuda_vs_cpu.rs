@@ -15,14 +15,14 @@
 //! one skip line and passes; ULMFIT_REQUIRE_GPU=1 makes that a failure.
 
 use ulmfit_cuda::clas::chunks::Schedule;
-use ulmfit_cuda::clas::{ClasConfig, ClasCuda, ClasDropouts, ClasError, ClasHyper, ClasWeights, HeadWeights};
+use ulmfit_cuda::clas::{ClasConfig, ClasCuda, ClasDropouts, ClasError, ClasHyper, ClasWeights};
 use ulmfit_cuda::Gpu;
-use ulmfit_lstm::LayerWeights;
 use ulmfit_tensor::optim::{clip_grad_norm, Adam, ParamGroup};
 use ulmfit_tensor::{no_grad, Rng, Tensor};
 use ulmfit_trainer::awd_lstm::{AwdLstm, AwdLstmConfig};
 use ulmfit_trainer::classifier::{Classifier, DocBatch};
 use ulmfit_trainer::config::Dropouts;
+use ulmfit_trainer::gpu_clas::clas_weights;
 use ulmfit_trainer::train::classifier_probs;
 
 const RTOL: f32 = 1e-4;
@@ -121,34 +121,6 @@ fn cpu_model(c: &ClasConfig) -> Classifier {
         }
     }
     m
-}
-
-/// The CPU model's weights in the CUDA classifier's layout.
-fn weights_of(m: &Classifier) -> ClasWeights {
-    let layers = m
-        .encoder
-        .layers
-        .iter()
-        .map(|w| LayerWeights {
-            i: w.w_ih.dim(1),
-            h: w.w_hh.dim(1),
-            w_ih: w.w_ih.to_vec(),
-            w_hh: w.w_hh.to_vec(),
-            b_ih: w.b_ih.to_vec(),
-            b_hh: w.b_hh.to_vec(),
-        })
-        .collect();
-    let head = |k: usize| {
-        let b = &m.head[k];
-        HeadWeights {
-            gamma: b.gamma.to_vec(),
-            beta: b.beta.to_vec(),
-            running_mean: b.stats.mean.to_vec(),
-            running_var: b.stats.var.to_vec(),
-            weight: b.weight.to_vec(),
-        }
-    };
-    ClasWeights { emb: m.encoder.embedding.to_vec(), layers, head: [head(0), head(1)] }
 }
 
 /// The CPU gradients in the same layout (zeros where a parameter got none: frozen).
@@ -299,7 +271,7 @@ fn clas_step_matches_cpu() {
     let _lock = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let c = cfg();
     let mut m = cpu_model(&c);
-    let mut gm = ClasCuda::new(&gpu, c.clone(), &weights_of(&m)).expect("build the CUDA classifier");
+    let mut gm = ClasCuda::new(&gpu, c.clone(), &clas_weights(&m)).expect("build the CUDA classifier");
     let (docs, labels) = batch();
     let lens: Vec<usize> = docs.iter().map(Vec::len).collect();
     let kept: Vec<bool> = Schedule::new(&lens, c.bptt, c.max_len).unwrap().chunks.iter().map(|ch| ch.kept).collect();
@@ -318,7 +290,7 @@ fn clas_step_matches_cpu() {
     compare_weights("grad", &gm.grads().unwrap(), &grads);
     check("grad norm", &[gm.grad_norm().unwrap()], &[norm]);
     assert!(norm > 0.2, "the test should exercise clipping (norm {norm})");
-    compare_weights("after step 1", &gm.weights().unwrap(), &weights_of(&m));
+    compare_weights("after step 1", &gm.weights().unwrap(), &clas_weights(&m));
     sync_cpu_to_gpu(&m, &mut opt, &gm);
 
     // Gradual unfreezing: embedding and layer 0 frozen, then only the embedding.
@@ -335,7 +307,7 @@ fn clas_step_matches_cpu() {
         check("loss", &[gloss], &[loss]);
         compare_weights("grad", &gm.grads().unwrap(), &grads);
         check("grad norm", &[gm.grad_norm().unwrap()], &[norm]);
-        compare_weights(&format!("after step {step}"), &gm.weights().unwrap(), &weights_of(&m));
+        compare_weights(&format!("after step {step}"), &gm.weights().unwrap(), &clas_weights(&m));
         let after = gm.moments().unwrap();
         for (k, &f) in frozen.iter().enumerate() {
             for (b, a) in [(&before.0, &after.0), (&before.1, &after.1)] {
@@ -356,7 +328,7 @@ fn clas_step_matches_cpu() {
     let gpu_probs: Vec<f32> = gm.probs(&docs).expect("GPU probs").into_iter().flatten().collect();
     check("eval probs", &gpu_probs, &cpu_probs);
     // Eval leaves the running statistics alone.
-    compare_weights("after eval", &gm.weights().unwrap(), &weights_of(&m));
+    compare_weights("after eval", &gm.weights().unwrap(), &clas_weights(&m));
 }
 
 #[test]
@@ -382,7 +354,7 @@ fn clas_dropout_steps_are_finite_and_repeat() {
     let Some(gpu) = gpu_or_skip("clas_dropout_steps_are_finite_and_repeat") else { return };
     let _lock = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let c = ClasConfig { drop: ClasDropouts::fastai(), ..cfg() };
-    let w = weights_of(&cpu_model(&c));
+    let w = clas_weights(&cpu_model(&c));
     let (docs, labels) = batch();
     let h = hyper(&c, &vec![false; c.groups()]);
     let run = || {
@@ -430,7 +402,7 @@ fn clas_dropout_gradients_match_finite_differences() {
     // pooled whole (fastai's window starts at a chunk boundary).
     let drop = ClasDropouts { embed: 0.1, input: 0.2, weight: 0.25, hidden: 0.2, head1: 0.2, head2: 0.1 };
     let c = ClasConfig { drop, bptt: 30, max_len: 30, ..cfg() };
-    let w0 = weights_of(&cpu_model(&c));
+    let w0 = clas_weights(&cpu_model(&c));
     let (docs, labels) = batch();
     let mut gm = ClasCuda::new(&gpu, c.clone(), &w0).expect("build");
     let h = hyper(&c, &vec![false; c.groups()]);

@@ -1,20 +1,20 @@
-//! An LM stage on the GPU (`gpu_lm::fit_lm_gpu`) against the same stage on the CPU
-//! (`stages::fit_lm`): same model, data, schedule and discriminative LRs, dropout off (the
-//! device draws its own masks), every batch full (the GPU skips a short last one). After a
-//! frozen stage and an unfrozen one the weights, Adam moments and validation losses must
-//! agree. Without a GPU the test prints a skip line and passes; ULMFIT_REQUIRE_GPU=1 makes
-//! that a failure.
+//! Training stages on the GPU (`stages::fit_lm` and `fit_classifier` on `Backend::Cuda`,
+//! i.e. `gpu_lm` and `gpu_clas`) against the same stages on the CPU: same model, data,
+//! schedule and discriminative LRs, dropout off (the device draws its own masks), every LM
+//! batch full (the GPU skips a short last one). After a frozen stage and an unfrozen one the
+//! weights, Adam moments and validation figures must agree. Without a GPU each test prints a
+//! skip line and passes; ULMFIT_REQUIRE_GPU=1 makes that a failure.
 
-use ulmfit_cuda::Gpu;
 use ulmfit_tensor::optim::Adam;
 use ulmfit_tensor::Rng;
 use ulmfit_text::{Bptt, Corpus, LmStream};
-use ulmfit_trainer::awd_lstm::{AwdLstmConfig, LanguageModel};
+use ulmfit_trainer::awd_lstm::{AwdLstm, AwdLstmConfig, LanguageModel};
+use ulmfit_trainer::backend::Backend;
+use ulmfit_trainer::classifier::Classifier;
 use ulmfit_trainer::config::Dropouts;
-use ulmfit_trainer::gpu_lm::fit_lm_gpu;
 use ulmfit_trainer::metrics::MetricsLog;
 use ulmfit_trainer::schedule::{discriminative_lrs, Schedule};
-use ulmfit_trainer::stages::{adam, fit_lm, StagePlan};
+use ulmfit_trainer::stages::{adam, fit_classifier, fit_lm, Labelled, StagePlan};
 use ulmfit_trainer::train::StepConfig;
 
 const BS: usize = 4;
@@ -41,20 +41,18 @@ fn plans(groups: usize) -> [StagePlan; 2] {
 }
 
 /// Both stages; returns the model, the optimizer and the validation losses.
-fn train(gpu: Option<&Gpu>, train: &Corpus, valid: &Corpus) -> (LanguageModel, Adam, Vec<f32>) {
+fn train(backend: &Backend, train: &Corpus, valid: &Corpus) -> (LanguageModel, Adam, Vec<f32>) {
     let drop = Dropouts { input_p: 0.0, hidden_p: 0.0, weight_p: 0.0, embed_p: 0.0, output_p: 0.0 };
     let cfg = AwdLstmConfig { vocab: 40, emb_sz: 8, n_hid: 12, n_layers: 3, drop };
     let mut model = LanguageModel::new(cfg, &mut Rng::new(3));
     let mut opt = adam(model.param_groups(), 0.99, 1e-5);
-    let dir = std::env::temp_dir().join(format!("ulmfit-gpu-lm-{}-{}", std::process::id(), gpu.is_some()));
+    let on_gpu = matches!(backend, Backend::Cuda(_));
+    let dir = std::env::temp_dir().join(format!("ulmfit-gpu-lm-{}-{on_gpu}", std::process::id()));
     let mut log = MetricsLog::in_dir(&dir).expect("metrics log");
     let mut losses = Vec::new();
     for plan in plans(opt.groups.len()) {
-        let (loss, _) = match gpu {
-            Some(g) => fit_lm_gpu(g, &mut model, &mut opt, &plan, train, valid, BS, BPTT, 7, &mut log),
-            None => fit_lm(&mut model, &mut opt, &plan, train, valid, BS, BPTT, 7, &mut log),
-        }
-        .expect("stage");
+        let (loss, _) =
+            fit_lm(backend, &mut model, &mut opt, &plan, train, valid, BS, BPTT, 7, &mut log).expect("stage");
         losses.push(loss);
     }
     std::fs::remove_dir_all(&dir).ok();
@@ -66,24 +64,28 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-#[test]
-fn gpu_lm_stages_match_cpu_stages() {
-    let gpu = match Gpu::new(false) {
-        Ok(g) => g,
+fn gpu_or_skip(test: &str) -> Option<Backend> {
+    match ulmfit_cuda::Gpu::new(false) {
+        Ok(g) => Some(Backend::Cuda(g)),
         Err(e) if std::env::var("ULMFIT_REQUIRE_GPU").is_ok() => panic!("ULMFIT_REQUIRE_GPU is set: {e}"),
         Err(e) => {
-            println!("skip gpu_lm_stages_match_cpu_stages: {e}");
-            return;
+            println!("skip {test}: {e}");
+            None
         }
-    };
+    }
+}
+
+#[test]
+fn gpu_lm_stages_match_cpu_stages() {
+    let Some(gpu) = gpu_or_skip("gpu_lm_stages_match_cpu_stages") else { return };
     let (tr, va) = (corpus(40, 1, 40), corpus(12, 5, 40));
     for (what, c) in [("train", &tr), ("valid", &va)] {
         let all: Vec<usize> =
             LmStream::new(c, BS, Bptt::Fixed(BPTT), false, 7, 0).unwrap().map(|b| b.seq_len).collect();
         assert!(all.iter().all(|&t| t == BPTT), "{what}: every batch must be full for this test: {all:?}");
     }
-    let (cpu, cpu_opt, cpu_loss) = train(None, &tr, &va);
-    let (dev, dev_opt, dev_loss) = train(Some(&gpu), &tr, &va);
+    let (cpu, cpu_opt, cpu_loss) = train(&Backend::Cpu, &tr, &va);
+    let (dev, dev_opt, dev_loss) = train(&gpu, &tr, &va);
     println!("validation loss, frozen then unfrozen: cpu {cpu_loss:?} gpu {dev_loss:?}");
     assert!(max_diff(&cpu_loss, &dev_loss) < 1e-4, "validation losses differ");
     for ((name, a), (_, b)) in cpu.named_params().iter().zip(dev.named_params()) {
@@ -96,6 +98,66 @@ fn gpu_lm_stages_match_cpu_stages() {
             assert_eq!(a.steps, b.steps, "group {g} param {k}: Adam update counts");
             let (dm, dv) = (max_diff(&a.m, &b.m), max_diff(&a.v, &b.v));
             assert!(dm < 1e-4 && dv < 1e-6, "group {g} param {k}: moments differ by {dm}, {dv}");
+        }
+    }
+}
+
+/// A small classifier, dropout off; embedding x10 and LSTM weights x3 so that batch norm
+/// does not amplify rounding (see tests/clas_cuda_vs_cpu.rs).
+fn classifier() -> Classifier {
+    let drop = Dropouts { input_p: 0.0, hidden_p: 0.0, weight_p: 0.0, embed_p: 0.0, output_p: 0.0 };
+    let cfg = AwdLstmConfig { vocab: 40, emb_sz: 8, n_hid: 12, n_layers: 2, drop };
+    let mut rng = Rng::new(5);
+    let mut m = Classifier::new(AwdLstm::new(cfg, &mut rng), 3, &mut rng);
+    (m.bptt, m.max_len) = (5, 10);
+    m.encoder.embedding.data_mut().iter_mut().for_each(|v| *v *= 10.0);
+    for t in m.encoder.layers.iter().flat_map(|l| [&l.w_ih, &l.w_hh]) {
+        t.data_mut().iter_mut().for_each(|v| *v *= 3.0);
+    }
+    m.head.iter_mut().for_each(|b| b.p = 0.0);
+    m
+}
+
+/// Both classifier stages on `backend`; returns the model, optimizer and validation accuracies.
+fn train_classifier(backend: &Backend, train: &Labelled, valid: &Labelled) -> (Classifier, Adam, Vec<f32>) {
+    let mut model = classifier();
+    let mut opt = adam(model.param_groups(), 0.99, 1e-5);
+    let on_gpu = matches!(backend, Backend::Cuda(_));
+    let dir = std::env::temp_dir().join(format!("ulmfit-gpu-clas-{}-{on_gpu}", std::process::id()));
+    let mut log = MetricsLog::in_dir(&dir).expect("metrics log");
+    let mut accs = Vec::new();
+    for plan in plans(opt.groups.len()) {
+        accs.push(fit_classifier(backend, &mut model, &mut opt, &plan, train, valid, 6, 3, &mut log).expect("stage"));
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    (model, opt, accs)
+}
+
+#[test]
+fn gpu_classifier_stages_match_cpu_stages() {
+    let Some(gpu) = gpu_or_skip("gpu_classifier_stages_match_cpu_stages") else { return };
+    // Documents of 3..=26 tokens, labelled by their first token.
+    let docs = |n: u32, salt: u32| -> (Corpus, Vec<u32>) {
+        let doc = |d: u32| (0..3 + (d * 7 + salt) % 24).map(|k| (k * 5 + d * 11 + salt) % 38 + 2).collect::<Vec<u32>>();
+        let all: Vec<Vec<u32>> = (0..n).map(doc).collect();
+        let labels = all.iter().map(|d| d[0] % 3).collect();
+        (Corpus::from_docs(&all), labels)
+    };
+    let ((tr, tl), (va, vl)) = (docs(30, 1), docs(12, 4));
+    let (train, valid) = (Labelled { corpus: &tr, labels: &tl }, Labelled { corpus: &va, labels: &vl });
+    let (cpu, cpu_opt, cpu_acc) = train_classifier(&Backend::Cpu, &train, &valid);
+    let (dev, dev_opt, dev_acc) = train_classifier(&gpu, &train, &valid);
+    println!("validation accuracy, frozen then unfrozen: cpu {cpu_acc:?} gpu {dev_acc:?}");
+    assert_eq!(cpu_acc, dev_acc, "validation accuracies differ");
+    for ((name, a), (_, b)) in cpu.named_tensors().iter().zip(dev.named_tensors()) {
+        let d = max_diff(&a.to_vec(), &b.to_vec());
+        println!("{name}: max |cpu - gpu| = {d:.2e}");
+        assert!(d < 1e-3, "{name}: weights or statistics differ by {d}");
+    }
+    for (g, (a, b)) in cpu_opt.moments().iter().zip(dev_opt.moments()).enumerate() {
+        for (k, (a, b)) in a.iter().zip(b).enumerate() {
+            assert_eq!(a.steps, b.steps, "group {g} param {k}: Adam update counts");
+            assert!(max_diff(&a.m, &b.m) < 1e-3, "group {g} param {k}: first moments differ");
         }
     }
 }

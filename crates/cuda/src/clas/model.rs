@@ -224,14 +224,13 @@ impl<'g> ClasCuda<'g> {
     }
 
     /// Replaces Adam's moments `m`, `v` (shaped like the weights; running statistics
-    /// ignored), each group's update count and the step counter, e.g. to go on with the
-    /// optimizer state of an earlier stage or a saved run.
+    /// ignored) and each group's update count, e.g. to go on with the optimizer state of an
+    /// earlier stage or a saved run.
     pub fn set_optimizer_state(
         &mut self,
         m: &ClasWeights,
         v: &ClasWeights,
         group_steps: &[u32],
-        step: u32,
     ) -> std::result::Result<(), ClasError> {
         let want = ClasWeights::zeros(&self.cfg).shapes();
         if m.shapes() != want || v.shapes() != want || group_steps.len() != self.group_steps.len() {
@@ -247,8 +246,13 @@ impl<'g> ClasCuda<'g> {
         s.memcpy_htod(&self.layout.to_flat(v).0, &mut self.adam_v).op("upload Adam v")?;
         self.gpu.sync("upload Adam moments")?;
         self.group_steps.copy_from_slice(group_steps);
-        self.step = step;
         Ok(())
+    }
+
+    /// Sets the training-step counter (the mask counter; the next step draws the masks of
+    /// `steps + 1`).
+    pub fn set_step_count(&mut self, steps: u32) {
+        self.step = steps;
     }
 
     /// The mean cross-entropy of the last training step.
