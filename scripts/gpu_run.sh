@@ -8,9 +8,10 @@
 #   4. PyTorch + cuDNN on the LSTM cases and the ours/PyTorch ratios,
 #   5. if time is left, compute-sanitizer memcheck over the FP32 and graph tests (LSTM, LM),
 #   6. the GPU preset: `ulmfit run configs/trec-gpu.toml` on gpu_bundle/data (WikiText-2 ->
-#      TREC-6), its results.json and metrics.csv copied into $OUT.
-# PARTS picks them: "tests" (1), "bench" (2-4), "sanitizer" (5), "trec" (6); default
-# "tests bench sanitizer". Logs and results go to $OUT (default ./gpu_out); results.md there
+#      TREC-6), its results.json and metrics.csv copied into $OUT; or its smoke version, the
+#      same preset with 2 epochs per stage.
+# PARTS picks them: "tests" (1), "bench" (2-4), "sanitizer" (5), "trec" or "smoke" (6);
+# default "tests bench sanitizer". TESTS lists the test binaries to run (default: all). Logs and results go to $OUT (default ./gpu_out); results.md there
 # is the summary, printed last. Each step has a timeout and the whole run stays under
 # DEADLINE_S seconds (default 350).
 set -u
@@ -69,16 +70,22 @@ nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || echo "nvidia-smi not available"
 
 # 1. tests (one thread: the GPU tests serialize anyway; output shows in order)
 if has tests; then
-    for t in $(ls "$B/tests"); do
+    for t in ${TESTS:-$(ls "$B/tests")}; do
         step "test $t" 120 "$OUT/test_$t.log" "$B/tests/$t" --test-threads=1 --nocapture
     done
 fi
 
 # 6 first when asked for, since it is the long one: the GPU preset, WikiText-2 -> TREC-6.
-if has trec; then
+if has trec || has smoke; then
+    PRESET=configs/trec-gpu.toml
+    if has smoke; then
+        PRESET=/tmp/trec-gpu-smoke.toml
+        sed -e 's/^epochs = .*/epochs = 2/' -e 's/^frozen_epochs = .*/frozen_epochs = 1/' \
+            configs/trec-gpu.toml >"$PRESET"
+    fi
     RUN_DIR=/tmp/ulmfit-trec-gpu  # checkpoints stay here: too big to come back
-    step "trec-gpu preset" "${TREC_S:-400}" "$OUT/trec_run.log" \
-        env ULMFIT_DATA="$PWD/$B/data" "$B/ulmfit" run configs/trec-gpu.toml --out "$RUN_DIR"
+    step "trec-gpu preset ($PRESET)" "${TREC_S:-400}" "$OUT/trec_run.log" \
+        env ULMFIT_DATA="$PWD/$B/data" "$B/ulmfit" run "$PRESET" --out "$RUN_DIR"
     cp "$RUN_DIR/results.json" "$OUT/trec_results.json" 2>/dev/null
     cp "$RUN_DIR/metrics.csv" "$OUT/trec_metrics.csv" 2>/dev/null
 fi
