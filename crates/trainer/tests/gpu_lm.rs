@@ -77,13 +77,11 @@ fn gpu_or_skip(test: &str) -> Option<Backend> {
 
 #[test]
 fn gpu_lm_stages_match_cpu_stages() {
+    // The CPU runs a short last batch, the GPU skips it: pick corpora with none.
+    let full = |c: &Corpus| LmStream::new(c, BS, Bptt::Fixed(BPTT), false, 7, 0).unwrap().all(|b| b.seq_len == BPTT);
+    let pick = |from: usize, salt: u32| (from..from + 40).map(|n| corpus(n, salt, 40)).find(full);
+    let (tr, va) = (pick(40, 1).expect("a training corpus of full batches"), pick(12, 5).expect("a validation one"));
     let Some(gpu) = gpu_or_skip("gpu_lm_stages_match_cpu_stages") else { return };
-    let (tr, va) = (corpus(40, 1, 40), corpus(12, 5, 40));
-    for (what, c) in [("train", &tr), ("valid", &va)] {
-        let all: Vec<usize> =
-            LmStream::new(c, BS, Bptt::Fixed(BPTT), false, 7, 0).unwrap().map(|b| b.seq_len).collect();
-        assert!(all.iter().all(|&t| t == BPTT), "{what}: every batch must be full for this test: {all:?}");
-    }
     let (cpu, cpu_opt, cpu_loss) = train(&Backend::Cpu, &tr, &va);
     let (dev, dev_opt, dev_loss) = train(&gpu, &tr, &va);
     println!("validation loss, frozen then unfrozen: cpu {cpu_loss:?} gpu {dev_loss:?}");
