@@ -7,10 +7,10 @@
 #      against the same step in PyTorch (fastai, or its plain-PyTorch twin when fastai is absent),
 #   4. PyTorch + cuDNN on the LSTM cases and the ours/PyTorch ratios,
 #   5. if time is left, compute-sanitizer memcheck over the FP32 and graph tests (LSTM, LM),
-#   6. the GPU preset: `ulmfit run configs/trec-gpu.toml` on gpu_bundle/data (WikiText-2 ->
-#      TREC-6), its results.json and metrics.csv copied into $OUT; or its smoke version, the
-#      same preset with 2 epochs per stage.
-# PARTS picks them: "tests" (1), "bench" (2-4), "sanitizer" (5), "trec" or "smoke" (6);
+#   6. a GPU preset on gpu_bundle/data: `ulmfit run configs/trec-gpu.toml` (WikiText-2 ->
+#      TREC-6), its smoke version (2 epochs per stage), or configs/imdb-gpu.toml; their
+#      results.json and metrics.csv copied into $OUT.
+# PARTS picks them: "tests" (1), "bench" (2-4), "sanitizer" (5), "trec", "smoke", "imdb" (6);
 # default "tests bench sanitizer". TESTS lists the test binaries to run (default: all). Logs and results go to $OUT (default ./gpu_out); results.md there
 # is the summary, printed last. Each step has a timeout and the whole run stays under
 # DEADLINE_S seconds (default 350).
@@ -75,20 +75,22 @@ if has tests; then
     done
 fi
 
-# 6 first when asked for, since it is the long one: the GPU preset, WikiText-2 -> TREC-6.
-if has trec || has smoke; then
-    PRESET=configs/trec-gpu.toml
-    if has smoke; then
-        PRESET=/tmp/trec-gpu-smoke.toml
-        sed -e 's/^epochs = .*/epochs = 2/' -e 's/^frozen_epochs = .*/frozen_epochs = 1/' \
-            configs/trec-gpu.toml >"$PRESET"
-    fi
-    RUN_DIR=/tmp/ulmfit-trec-gpu  # checkpoints stay here: too big to come back
-    step "trec-gpu preset ($PRESET)" "${TREC_S:-400}" "$OUT/trec_run.log" \
-        env ULMFIT_DATA="$PWD/$B/data" "$B/ulmfit" run "$PRESET" --out "$RUN_DIR"
-    cp "$RUN_DIR/results.json" "$OUT/trec_results.json" 2>/dev/null
-    cp "$RUN_DIR/metrics.csv" "$OUT/trec_metrics.csv" 2>/dev/null
+# 6 first when asked for, since it is the long one: a GPU preset (checkpoints stay in /tmp:
+# too big to come back; results.json and metrics.csv come back as NAME_*).
+preset() { # NAME CONFIG
+    local run_dir=/tmp/ulmfit-$1
+    step "$1 preset ($2)" "${PRESET_S:-400}" "$OUT/$1_run.log" \
+        env ULMFIT_DATA="$PWD/$B/data" "$B/ulmfit" run "$2" --out "$run_dir"
+    cp "$run_dir/results.json" "$OUT/$1_results.json" 2>/dev/null
+    cp "$run_dir/metrics.csv" "$OUT/$1_metrics.csv" 2>/dev/null
+}
+if has smoke; then
+    sed -e 's/^epochs = .*/epochs = 2/' -e 's/^frozen_epochs = .*/frozen_epochs = 1/' \
+        configs/trec-gpu.toml >/tmp/trec-gpu-smoke.toml
+    preset trec /tmp/trec-gpu-smoke.toml
 fi
+has trec && preset trec configs/trec-gpu.toml
+has imdb && preset imdb configs/imdb-gpu.toml
 
 # 2. our benches, JSON lines into ours.jsonl (text lines go to bench_*.log)
 : >"$OUT/ours.jsonl"
@@ -172,11 +174,14 @@ fi
     echo '```'
     grep -m12 -E "step [12]: loss|^  (loss|grad emb|grad w_hh0|h_n0) " "$OUT/test_lm_vs_ref.log"
     echo '```'
-    echo "## trec-gpu preset"
-    echo '```'
-    grep -E "epoch|test error|error:|corpus|GPU|CPU" "$OUT/trec_run.log" 2>/dev/null | tail -60
-    cat "$OUT/trec_results.json" 2>/dev/null
-    echo '```'
+    for p in trec imdb; do
+        [ -f "$OUT/${p}_run.log" ] || continue
+        echo "## $p preset"
+        echo '```'
+        grep -E "epoch|test error|error:|corpus|training on" "$OUT/${p}_run.log" | tail -60
+        cat "$OUT/${p}_results.json" 2>/dev/null
+        echo '```'
+    done
     echo "## sanitizer (tail)"
     echo '```'
     tail -5 "$OUT/sanitizer.log" 2>/dev/null
@@ -186,4 +191,4 @@ fi
 } >>"$RESULTS"
 cat "$RESULTS"
 # Only 8 files come back from the device machine: keep results.md and ours.jsonl, pack the logs.
-(cd "$OUT" && tar czf logs.tgz --remove-files $(ls | grep -v -E '^(results\.md|ours\.jsonl|logs\.tgz|trec_.*)$'))
+(cd "$OUT" && tar czf logs.tgz --remove-files $(ls | grep -v -E '^(results\.md|ours\.jsonl|logs\.tgz|(trec|imdb)_(results\.json|metrics\.csv))$'))

@@ -291,7 +291,7 @@ fn classifier_phase(
         fit_classifier(backend, &mut model, &mut opt, &plan, &train, &valid, c.bs, cfg.run.seed, run)?;
     }
     let test = Labelled { corpus: &s.test, labels: &task.test.1 };
-    let err = 1.0 - accuracy(&mut model, &test, c.bs)? as f64;
+    let err = 1.0 - accuracy(backend, &mut model, &test, c.bs)? as f64;
     eprintln!("{name}: test error {:.2}% on {} documents", 100.0 * err, s.test.len());
     if let Some(dir) = save_to {
         save_classifier(dir, &model, vocab, &task.classes, cfg)?;
@@ -342,7 +342,7 @@ pub fn run_with(cfg: &Config, opts: &RunOptions, ctl: &RunControl) -> Result<Run
     }
     if let Some(b) = &bwd {
         let both = [phase_dir(cfg, CLASSIFIER_DIR), phase_dir(b, CLASSIFIER_DIR)];
-        let e = evaluate(cfg, &both)?;
+        let e = evaluate_on(&backend, cfg, &both)?;
         eprintln!("forward + backward: test error {:.2}%", 100.0 * e.test_error);
         run.results.ensemble_test_error = Some(e.test_error);
     }
@@ -425,8 +425,13 @@ pub struct Evaluation {
 
 /// `ulmfit eval`: the test error on the config's task of the classifier in `dirs[0]`, or of
 /// the average of the class probabilities of all of `dirs` (e.g. forward and backward).
-/// Each classifier reads the test documents in its own direction.
+/// Each classifier reads the test documents in its own direction, on `run.device`.
 pub fn evaluate(cfg: &Config, dirs: &[PathBuf]) -> Result<Evaluation> {
+    evaluate_on(&Backend::open(&cfg.run)?, cfg, dirs)
+}
+
+/// [`evaluate`] on `backend`.
+fn evaluate_on(backend: &Backend, cfg: &Config, dirs: &[PathBuf]) -> Result<Evaluation> {
     ensure!(!dirs.is_empty(), "no classifier to evaluate");
     let task = load_task(&cfg.data, cfg.run.seed)?;
     let mut sum: Vec<Vec<f32>> = Vec::new();
@@ -441,7 +446,7 @@ pub fn evaluate(cfg: &Config, dirs: &[PathBuf]) -> Result<Evaluation> {
         );
         let mut dir_cfg = cfg.clone();
         dir_cfg.model.backwards = backwards;
-        let probs = predict_probs(&mut model, &ids(&dir_cfg, &task.test.0, &vocab), cfg.classifier.bs)?;
+        let probs = predict_probs(backend, &mut model, &ids(&dir_cfg, &task.test.0, &vocab), cfg.classifier.bs)?;
         if sum.is_empty() {
             sum = probs;
         } else {

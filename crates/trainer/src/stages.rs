@@ -15,7 +15,7 @@ use ulmfit_text::batch::sorted_order;
 use ulmfit_text::{Bptt, Corpus, LmBatch, LmStream};
 
 use crate::awd_lstm::LanguageModel;
-use crate::backend::{Backend, ClasSteps, CpuSteps};
+use crate::backend::{Backend, ClasSteps};
 use crate::classifier::{Classifier, DocBatch};
 use crate::control::{Position, StageHooks};
 use crate::metrics::EpochMetrics;
@@ -171,9 +171,11 @@ fn doc_batch(data: &Labelled, docs: &[usize]) -> (DocBatch, Vec<u32>) {
 }
 
 /// Class probabilities of every document of `corpus`, in corpus order (no dropout; batch
-/// norm in eval mode), read in batches of `bs` documents of similar length.
-pub fn predict_probs(model: &mut Classifier, corpus: &Corpus, bs: usize) -> Result<Vec<Vec<f32>>> {
-    predict_probs_on(&mut CpuSteps, model, corpus, bs)
+/// norm in eval mode), read in batches of `bs` documents of similar length on `backend`.
+pub fn predict_probs(backend: &Backend, model: &mut Classifier, corpus: &Corpus, bs: usize) -> Result<Vec<Vec<f32>>> {
+    let opt = adam(model.param_groups(), 0.99, 1e-5); // inference: no optimizer state
+    let mut steps = backend.clas_steps(model, &opt, bs, 0)?;
+    predict_probs_on(steps.as_mut(), model, corpus, bs)
 }
 
 /// [`predict_probs`] through `steps` (on the device they run on).
@@ -202,9 +204,10 @@ pub fn accuracy_of(probs: &[Vec<f32>], labels: &[u32]) -> f32 {
     correct as f32 / labels.len().max(1) as f32
 }
 
-/// Fraction of `data` the classifier gets right (no dropout; batch norm in eval mode).
-pub fn accuracy(model: &mut Classifier, data: &Labelled, bs: usize) -> Result<f32> {
-    Ok(accuracy_of(&predict_probs(model, data.corpus, bs)?, data.labels))
+/// Fraction of `data` the classifier gets right on `backend` (no dropout; batch norm in
+/// eval mode).
+pub fn accuracy(backend: &Backend, model: &mut Classifier, data: &Labelled, bs: usize) -> Result<f32> {
+    Ok(accuracy_of(&predict_probs(backend, model, data.corpus, bs)?, data.labels))
 }
 
 fn argmax(p: &[f32]) -> usize {

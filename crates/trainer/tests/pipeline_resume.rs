@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use common::data_dir;
+use ulmfit_trainer::backend::Backend;
 use ulmfit_trainer::checkpoint::{self, Checkpoint};
 use ulmfit_trainer::config::Config;
 use ulmfit_trainer::control::{Interrupted, RunControl};
@@ -280,7 +281,7 @@ fn backward_models_and_their_average() {
             .map(|d| if reverse { docs.doc(d).iter().rev().copied().collect() } else { docs.doc(d).to_vec() })
             .collect();
         let corpus = ulmfit_text::Corpus::from_docs(&docs);
-        for (m, p) in mean.iter_mut().zip(predict_probs(&mut c.model, &corpus, 64).unwrap()) {
+        for (m, p) in mean.iter_mut().zip(predict_probs(&Backend::Cpu, &mut c.model, &corpus, 64).unwrap()) {
             m.iter_mut().zip(p).for_each(|(m, p)| *m += p / 2.0);
         }
     }
