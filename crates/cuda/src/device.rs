@@ -195,3 +195,23 @@ fn alloc_error(e: cudarc::driver::DriverError, what: &str, bytes: usize) -> Erro
 fn alloc_bytes(stream: &Arc<CudaStream>, bytes: usize, what: &str) -> Result<CudaSlice<u8>> {
     stream.alloc_zeros::<u8>(bytes).map_err(|e| alloc_error(e, what, bytes))
 }
+
+/// For tests: the GPU (TF32 as asked), or `None` after one printed `skip:` line when there is
+/// no CUDA driver. With `ULMFIT_REQUIRE_GPU=1` a missing GPU panics instead; a driver that is
+/// present but fails to initialise always panics.
+pub fn gpu_or_skip(test: &str, tf32: bool) -> Option<Gpu> {
+    match Gpu::new(tf32) {
+        Ok(gpu) => {
+            println!("{test}: running on {} (tf32 {tf32})", gpu.name());
+            Some(gpu)
+        }
+        Err(e @ Error::NoDriver(_)) => {
+            if std::env::var("ULMFIT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("{test}: ULMFIT_REQUIRE_GPU=1 but the GPU is unavailable: {e}");
+            }
+            println!("skip: no CUDA driver ({test}: {e})");
+            None
+        }
+        Err(e) => panic!("{test}: the GPU is present but failed to initialise: {e}"),
+    }
+}

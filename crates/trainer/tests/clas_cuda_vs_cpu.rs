@@ -16,7 +16,7 @@
 
 use ulmfit_cuda::clas::chunks::Schedule;
 use ulmfit_cuda::clas::{ClasConfig, ClasCuda, ClasDropouts, ClasError, ClasHyper, ClasWeights};
-use ulmfit_cuda::Gpu;
+use ulmfit_cuda::device::gpu_or_skip;
 use ulmfit_tensor::optim::{clip_grad_norm, Adam, ParamGroup};
 use ulmfit_tensor::{no_grad, Rng, Tensor};
 use ulmfit_trainer::awd_lstm::{AwdLstm, AwdLstmConfig};
@@ -26,24 +26,6 @@ use ulmfit_trainer::gpu_clas::clas_weights;
 use ulmfit_trainer::train::classifier_probs;
 
 const RTOL: f32 = 1e-4;
-
-/// Opens the GPU, or prints one skip line and returns None when there is none.
-fn gpu_or_skip(test: &str) -> Option<Gpu> {
-    match Gpu::new(false) {
-        Ok(gpu) => {
-            println!("{test}: running on {}", gpu.name());
-            Some(gpu)
-        }
-        Err(e @ ulmfit_cuda::Error::NoDriver(_)) => {
-            if std::env::var("ULMFIT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("{test}: ULMFIT_REQUIRE_GPU=1 but the GPU is unavailable: {e}");
-            }
-            println!("skip: no CUDA driver ({test}: {e})");
-            None
-        }
-        Err(e) => panic!("{test}: the GPU is present but failed to initialise: {e}"),
-    }
-}
 
 static GPU_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -267,7 +249,7 @@ fn cpu_step(m: &mut Classifier, opt: &mut Adam, c: &ClasConfig, frozen: &[bool])
 
 #[test]
 fn clas_step_matches_cpu() {
-    let Some(gpu) = gpu_or_skip("clas_step_matches_cpu") else { return };
+    let Some(gpu) = gpu_or_skip("clas_step_matches_cpu", false) else { return };
     let _lock = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let c = cfg();
     let mut m = cpu_model(&c);
@@ -333,7 +315,7 @@ fn clas_step_matches_cpu() {
 
 #[test]
 fn clas_out_of_memory_names_the_size() {
-    let Some(gpu) = gpu_or_skip("clas_out_of_memory_names_the_size") else { return };
+    let Some(gpu) = gpu_or_skip("clas_out_of_memory_names_the_size", false) else { return };
     let _lock = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let c = ClasConfig { emb: 400, hidden: 1152, batch: 2, bptt: 72, max_len: 1440, ..cfg() };
     let mut gm = ClasCuda::new(&gpu, c.clone(), &ClasWeights::zeros(&c)).expect("a small model fits");
@@ -351,7 +333,7 @@ fn clas_out_of_memory_names_the_size() {
 
 #[test]
 fn clas_dropout_steps_are_finite_and_repeat() {
-    let Some(gpu) = gpu_or_skip("clas_dropout_steps_are_finite_and_repeat") else { return };
+    let Some(gpu) = gpu_or_skip("clas_dropout_steps_are_finite_and_repeat", false) else { return };
     let _lock = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let c = ClasConfig { drop: ClasDropouts::fastai(), ..cfg() };
     let w = clas_weights(&cpu_model(&c));
@@ -395,7 +377,7 @@ fn group_mut(w: &mut ClasWeights, k: usize) -> Vec<&mut Vec<f32>> {
 /// hidden, head) gives errors of tens of percent; the tolerance is 2%.
 #[test]
 fn clas_dropout_gradients_match_finite_differences() {
-    let Some(gpu) = gpu_or_skip("clas_dropout_gradients_match_finite_differences") else { return };
+    let Some(gpu) = gpu_or_skip("clas_dropout_gradients_match_finite_differences", false) else { return };
     let _lock = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     // One chunk (bptt = the longest document): across chunks BPT3C cuts the gradient on
     // purpose, which a finite difference would see. max_len >= bptt, so every document is

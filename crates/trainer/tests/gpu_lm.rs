@@ -65,14 +65,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn gpu_or_skip(test: &str) -> Option<Backend> {
-    match ulmfit_cuda::Gpu::new(false) {
-        Ok(g) => Some(Backend::Cuda(g)),
-        Err(e) if std::env::var("ULMFIT_REQUIRE_GPU").is_ok() => panic!("ULMFIT_REQUIRE_GPU is set: {e}"),
-        Err(e) => {
-            println!("skip {test}: {e}");
-            None
-        }
-    }
+    ulmfit_cuda::device::gpu_or_skip(test, false).map(Backend::Cuda)
 }
 
 #[test]

@@ -81,24 +81,7 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol_rel: 
     }
 }
 
-/// Opens the GPU, or prints one skip line and returns None when there is no driver.
-/// With ULMFIT_REQUIRE_GPU=1 a missing GPU fails the test instead.
-pub fn gpu_or_skip(test: &str, tf32: bool) -> Option<ulmfit_cuda::Gpu> {
-    match ulmfit_cuda::Gpu::new(tf32) {
-        Ok(gpu) => {
-            println!("{test}: running on {} (tf32 {tf32})", gpu.name());
-            Some(gpu)
-        }
-        Err(e @ ulmfit_cuda::Error::NoDriver(_)) => {
-            if std::env::var("ULMFIT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("{test}: ULMFIT_REQUIRE_GPU=1 but the GPU is unavailable: {e}");
-            }
-            println!("skip: no CUDA driver ({test}: {e})");
-            None
-        }
-        Err(e) => panic!("{test}: the GPU is present but failed to initialise: {e}"),
-    }
-}
+pub use ulmfit_cuda::device::gpu_or_skip;
 
 static GPU_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
