@@ -81,6 +81,7 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol_rel: 
     }
 }
 
+#[allow(unused_imports)] // not every test file opens the GPU
 pub use ulmfit_cuda::device::gpu_or_skip;
 
 static GPU_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
