@@ -30,7 +30,7 @@ cp "$CARGO_TARGET_DIR/release/ulmfit" "$BUNDLE/ulmfit"
 [ "${TEST_BINARIES:-1}" = 0 ] || python3 - "$TESTS_JSON" "$BUNDLE/tests" <<'EOF'
 import json, shutil, sys
 src, dst = sys.argv[1], sys.argv[2]
-WANT_TRAINER = ("gpu_lm", "cuda")  # the trainer's GPU tests; the rest run here
+WANT_TRAINER = ("gpu_lm", "cuda", "parity")  # the trainer's tests with GPU cases
 copied = []
 for line in open(src):
     try:

@@ -25,7 +25,7 @@ PARTS="${PARTS:-tests bench sanitizer}"
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 START=$(date +%s)
 RESULTS="$OUT/results.md"
-export ULMFIT_REQUIRE_GPU=1 RUST_BACKTRACE=1
+export ULMFIT_REQUIRE_GPU=1 RUST_BACKTRACE=1 ULMFIT_FIXTURES="$PWD/tests/fixtures"
 
 left() { echo $((DEADLINE_S - ($(date +%s) - START))); }
 

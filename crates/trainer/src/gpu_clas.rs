@@ -19,7 +19,7 @@ use crate::stages::StagePlan;
 use crate::train::TrainError;
 
 /// The device config of `model` for batches of at most `bs` documents.
-fn clas_config(model: &Classifier, bs: usize, seed: u64) -> ClasConfig {
+pub fn clas_config(model: &Classifier, bs: usize, seed: u64) -> ClasConfig {
     let (c, head) = (&model.encoder.cfg, &model.head);
     ClasConfig {
         vocab: c.vocab,

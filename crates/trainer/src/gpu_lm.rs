@@ -56,8 +56,8 @@ fn tensors(model: &LanguageModel) -> Vec<Tensor> {
     out
 }
 
-/// Host copy of the model's weights for the device.
-fn to_device_weights(model: &LanguageModel) -> LmWeights {
+/// The model's weights in the device step's layout (host side).
+pub fn lm_weights(model: &LanguageModel) -> LmWeights {
     let t = tensors(model);
     let layers = t[2..]
         .chunks(4)
@@ -146,7 +146,7 @@ impl<'g> GpuLmSteps<'g> {
         seed: u64,
     ) -> Result<Self> {
         let cfg = lm_config(model, plan, bs, bptt, seed);
-        let mut dev = LmCuda::new(gpu, cfg, &to_device_weights(model), Hyper::default())
+        let mut dev = LmCuda::new(gpu, cfg, &lm_weights(model), Hyper::default())
             .with_context(|| format!("stage {}: setting up the language model on {}", plan.name, gpu.name()))?;
         let (m, v, updates) = host_moments(opt, model);
         dev.set_moments(&m, &v)?;

@@ -12,17 +12,30 @@ use std::path::PathBuf;
 
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
+use ulmfit_cuda::clas::ClasCuda;
+use ulmfit_cuda::device::gpu_or_skip;
+use ulmfit_cuda::lm::{self, Hyper, LmConfig, LmCuda};
 use ulmfit_lstm::op::lstm;
 use ulmfit_tensor::{no_grad, Rng, Tensor};
 use ulmfit_trainer::awd_lstm::{lm_loss, AwdLstm, AwdLstmConfig, LanguageModel};
 use ulmfit_trainer::checkpoint;
 use ulmfit_trainer::classifier::{Classifier, DocBatch};
 use ulmfit_trainer::config::{Config, Dropouts};
+use ulmfit_trainer::gpu_clas::{clas_config, clas_weights};
+use ulmfit_trainer::gpu_lm::lm_weights;
 
 /// Outputs and losses: relative tolerance.
 const OUT_TOL: f32 = 1e-5;
 /// Parameter gradients: relative tolerance.
 const GRAD_TOL: f32 = 1e-4;
+
+/// `tests/fixtures` of the checkout, or `$ULMFIT_FIXTURES` (a test binary run elsewhere, as on
+/// the GPU machine, where the build's path does not exist).
+fn fixtures_dir() -> PathBuf {
+    std::env::var_os("ULMFIT_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures"))
+}
 
 /// One fixture file: float tensors, integer tensors (ids, labels) and string metadata.
 struct Fixture {
@@ -34,7 +47,7 @@ struct Fixture {
 
 impl Fixture {
     fn load(name: &str) -> Fixture {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/parity").join(name);
+        let path = fixtures_dir().join("parity").join(name);
         let buf = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let (_, header) = SafeTensors::read_metadata(&buf).expect("fixture header");
         let meta = header.metadata().clone().unwrap_or_default();
@@ -221,7 +234,7 @@ fn language_model_with_our_dropout_masks_matches_fastai() {
 #[test]
 fn exported_language_model_loads() {
     let fx = Fixture::load("lm.safetensors");
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/parity/lm_export");
+    let dir = fixtures_dir().join("parity/lm_export");
     let ck = checkpoint::load(&dir).expect("load the exported checkpoint");
     let cfg = Config::parse(&ck.config, &dir.join("config.toml")).expect("parse its config");
     let m = &cfg.model;
@@ -245,22 +258,30 @@ fn exported_language_model_loads() {
     }
 }
 
+/// The fixture's classifier for case `{case}` (fastai's weights; dropouts off but in the
+/// masked case) and the case's documents, longest first.
+fn classifier_and_docs(fx: &Fixture, case: &str) -> (Classifier, Vec<Vec<u32>>) {
+    let masked = case == "masked";
+    let drop = if masked { masked_dropouts(fx) } else { Dropouts::clas().scaled(0.0) };
+    let mut rng = Rng::new(0);
+    let mut model = Classifier::new(AwdLstm::new(encoder_config(fx, drop), &mut rng), fx.usize("classes"), &mut rng);
+    model.head[1].p = if masked { fx.f32_meta("masked.head_p") } else { 0.0 };
+    model.bptt = fx.usize("bptt");
+    model.max_len = fx.usize("max_len");
+    fx.assign(&model.named_tensors());
+    let p = format!("{case}.");
+    let docs =
+        (0..).map(|i| format!("{p}doc.{i}")).take_while(|k| fx.ints.contains_key(k)).map(|k| fx.ids(&k)).collect();
+    (model, docs)
+}
+
 /// Runs classifier case `{case}` (eval, train with dropouts 0, or masked: train with our
 /// masks) and checks logits, loss, every gradient and, in train mode, the running statistics.
 fn classifier_case(case: &str) {
     let fx = Fixture::load("clas.safetensors");
-    let masked = case == "masked";
-    let drop = if masked { masked_dropouts(&fx) } else { Dropouts::clas().scaled(0.0) };
-    let mut rng = Rng::new(0);
-    let mut model = Classifier::new(AwdLstm::new(encoder_config(&fx, drop), &mut rng), fx.usize("classes"), &mut rng);
-    model.head[1].p = if masked { fx.f32_meta("masked.head_p") } else { 0.0 };
-    model.bptt = fx.usize("bptt");
-    model.max_len = fx.usize("max_len");
+    let (mut model, docs) = classifier_and_docs(&fx, case);
     let named = model.named_tensors();
-    fx.assign(&named);
     let p = format!("{case}.");
-    let docs: Vec<Vec<u32>> =
-        (0..).map(|i| format!("{p}doc.{i}")).take_while(|k| fx.ints.contains_key(k)).map(|k| fx.ids(&k)).collect();
     let lens: Vec<usize> = docs.iter().map(Vec::len).collect();
     println!("classifier {case}: documents of lengths {lens:?}, bptt {}, max_len {}", model.bptt, model.max_len);
     let train = case != "eval";
@@ -296,4 +317,99 @@ fn classifier_train_mode_matches_fastai() {
 #[test]
 fn classifier_with_our_dropout_masks_matches_fastai() {
     classifier_case("masked");
+}
+
+/// The LM fixture through the CUDA path (`ulmfit_cuda::lm`, FP32, dropout off): two
+/// consecutive batches, state carried; the loss with AR/TAR, every gradient and every
+/// layer's final (h, c) against fastai's. (The device step keeps no logits: its softmax
+/// overwrites them with their gradient; the loss and the decoder's gradients stand for them.)
+#[test]
+fn language_model_on_the_gpu_matches_fastai() {
+    let Some(gpu) = gpu_or_skip("language_model_on_the_gpu_matches_fastai", false) else { return };
+    let fx = Fixture::load("lm.safetensors");
+    let model = LanguageModel::new(encoder_config(&fx, Dropouts::lm().scaled(0.0)), &mut Rng::new(0));
+    let named = model.named_params();
+    fx.assign(&named);
+    let shape = &fx.floats["b1.raw"].0; // [T, B, E]
+    let c = &model.encoder.cfg;
+    let cfg = LmConfig {
+        vocab: c.vocab,
+        emb: c.emb_sz,
+        hidden: c.n_hid,
+        layers: c.n_layers,
+        t: shape[0],
+        b: shape[1],
+        drop: lm::Dropouts::off(),
+        alpha: fx.f32_meta("alpha"),
+        beta: fx.f32_meta("beta"),
+        seed: 0,
+    };
+    let mut dev = LmCuda::new(&gpu, cfg, &lm_weights(&model), Hyper::default()).expect("the LM on the GPU");
+    // The device's names for our (fastai's) tensor names, in `LmWeights::named` order.
+    let mut names = vec!["0.encoder.weight".to_string(), "1.decoder.bias".to_string()];
+    for l in 0..c.n_layers {
+        let p = format!("0.rnns.{l}");
+        names.extend([
+            format!("{p}.module.weight_ih_l0"),
+            format!("{p}.weight_hh_l0_raw"),
+            format!("{p}.module.bias_ih_l0"),
+            format!("{p}.module.bias_hh_l0"),
+        ]);
+    }
+    for p in ["b1.", "b2."] {
+        dev.set_batch(&fx.ids(&format!("{p}ids")), &fx.ids(&format!("{p}targets"))).expect("batch");
+        dev.forward_backward().expect("forward and backward");
+        let loss = dev.loss().expect("loss")[0];
+        check(&format!("gpu lm {p}loss (CE + AR + TAR)"), &[loss], fx.f32s(&format!("{p}loss")), OUT_TOL);
+        let grads = dev.grads().expect("gradients");
+        for (name, (_, g)) in names.iter().zip(grads.named()) {
+            check(&format!("gpu lm {p}grad {name}"), g, fx.f32s(&format!("{p}grad.{name}")), GRAD_TOL);
+        }
+        for (l, (h, c)) in dev.state().expect("state").iter().enumerate() {
+            check(&format!("gpu lm {p}h.{l}"), h, fx.f32s(&format!("{p}h.{l}")), OUT_TOL);
+            check(&format!("gpu lm {p}c.{l}"), c, fx.f32s(&format!("{p}c.{l}")), OUT_TOL);
+        }
+    }
+}
+
+/// The classifier fixtures through the CUDA path (`ulmfit_cuda::clas`, FP32): eval mode
+/// (logits), and train mode with dropouts 0 (logits, loss, every gradient, the updated
+/// running statistics). The masked case needs our CPU masks, which the device does not draw.
+#[test]
+fn classifier_on_the_gpu_matches_fastai() {
+    let Some(gpu) = gpu_or_skip("classifier_on_the_gpu_matches_fastai", false) else { return };
+    let fx = Fixture::load("clas.safetensors");
+    for case in ["eval", "train"] {
+        let (model, docs) = classifier_and_docs(&fx, case);
+        let p = format!("{case}.");
+        let mut dev = ClasCuda::new(&gpu, clas_config(&model, docs.len(), 0), &clas_weights(&model))
+            .expect("the classifier on the GPU");
+        if case == "eval" {
+            dev.probs(&docs).expect("eval forward");
+            check(
+                &format!("gpu classifier {p}logits"),
+                &dev.logits().unwrap(),
+                fx.f32s(&format!("{p}logits")),
+                OUT_TOL,
+            );
+            continue;
+        }
+        let loss = dev.forward_backward(&docs, &fx.ids(&format!("{p}labels"))).expect("forward and backward");
+        check(&format!("gpu classifier {p}logits"), &dev.logits().unwrap(), fx.f32s(&format!("{p}logits")), OUT_TOL);
+        check(&format!("gpu classifier {p}loss"), &[loss], fx.f32s(&format!("{p}loss")), OUT_TOL);
+        // The device's tensors come in `Classifier::param_groups` order; name them by identity.
+        let named = model.named_tensors();
+        let name_of = |t: &Tensor| named.iter().find(|(_, n)| n.same(t)).map(|(n, _)| n.clone()).expect("named");
+        let params: Vec<Tensor> = model.param_groups().into_iter().flatten().collect();
+        let grads = dev.grads().expect("gradients");
+        for (t, (_, g)) in params.iter().zip(grads.named()) {
+            let n = name_of(t);
+            check(&format!("gpu classifier {p}grad {n}"), g, fx.f32s(&format!("{p}grad.{n}")), GRAD_TOL);
+        }
+        let after = dev.weights().expect("weights");
+        let stats = named.iter().filter(|(n, _)| n.contains("running_")).zip(after.stats());
+        for ((n, _), got) in stats {
+            check(&format!("gpu classifier {p}updated {n}"), got, fx.f32s(&format!("{p}after.{n}")), OUT_TOL);
+        }
+    }
 }
