@@ -5,6 +5,8 @@
 //! generic body. Checked against `reference.rs` through the layer tests, and every ISA
 //! against the scalar path by the tests at the bottom of this file.
 
+use std::marker::PhantomData;
+
 use crate::simd::{self, Lanes};
 
 /// The instruction set the kernels run with, chosen once at run time.
@@ -39,38 +41,118 @@ impl Isa {
     }
 }
 
-/// Buffers of one forward step for `rows` batch rows, H hidden units.
+/// A raw view of an f32 buffer: the cell kernels address it by (row, unit). Views of one
+/// step may be held by several threads at once when each touches only its own hidden units
+/// (`split.rs`); the safe constructors below build them from borrowed slices.
+#[derive(Clone, Copy)]
+pub struct View {
+    ptr: *mut f32,
+    len: usize,
+}
+
+impl View {
+    /// A view of `v`, written by the kernels.
+    pub fn of_mut(v: &mut [f32]) -> Self {
+        View { ptr: v.as_mut_ptr(), len: v.len() }
+    }
+    /// A view of `v`, only read by the kernels.
+    pub fn of(v: &[f32]) -> Self {
+        View { ptr: v.as_ptr() as *mut f32, len: v.len() }
+    }
+    /// A view of `len` floats at `ptr`.
+    ///
+    /// # Safety
+    /// `ptr..ptr+len` stays valid while the view is used; no two threads touch the same element
+    /// without synchronisation, and elements only read through `View::of` are never written.
+    pub unsafe fn raw(ptr: *mut f32, len: usize) -> Self {
+        View { ptr, len }
+    }
+    /// Number of floats in the view.
+    pub fn floats(&self) -> usize {
+        self.len
+    }
+    /// The first float.
+    pub fn ptr(&self) -> *mut f32 {
+        self.ptr
+    }
+}
+
+/// Buffers of one forward step for `rows` batch rows, H hidden units (fields private to
+/// the crate: a view swapped for a shorter-lived one would outlive its buffer).
 pub struct CellFwd<'a> {
     /// In: pre-activations `x W_ih^T + h W_hh^T` (no bias); out: activated gates. [rows, 4H]
-    pub gates: &'a mut [f32],
+    pub(crate) gates: View,
     /// `b_ih + b_hh`, `[4H]`
-    pub bias: &'a [f32],
+    pub(crate) bias: View,
     /// c_{t-1}, [rows, H]
-    pub c_prev: &'a [f32],
+    pub(crate) c_prev: View,
     /// Out: c_t, [rows, H]
-    pub c: &'a mut [f32],
+    pub(crate) c: View,
     /// Out: h_t, [rows, H]
-    pub h: &'a mut [f32],
+    pub(crate) h: View,
+    life: PhantomData<&'a mut [f32]>,
+}
+
+impl<'a> CellFwd<'a> {
+    /// The step over borrowed buffers (shapes on the fields).
+    pub fn new(gates: &'a mut [f32], bias: &'a [f32], c_prev: &'a [f32], c: &'a mut [f32], h: &'a mut [f32]) -> Self {
+        let (gates, bias, c_prev) = (View::of_mut(gates), View::of(bias), View::of(c_prev));
+        CellFwd { gates, bias, c_prev, c: View::of_mut(c), h: View::of_mut(h), life: PhantomData }
+    }
+    /// The step over raw views (see `View::raw` for the contract).
+    ///
+    /// # Safety
+    /// As `View::raw`, for every view, for the lifetime `'a`.
+    pub unsafe fn from_views(gates: View, bias: View, c_prev: View, c: View, h: View) -> Self {
+        CellFwd { gates, bias, c_prev, c, h, life: PhantomData }
+    }
 }
 
 /// Buffers of one backward step for `rows` batch rows, H hidden units.
 pub struct CellBwd<'a> {
     /// In: activated gates of step t; out: dL/d(pre-activation). [rows, 4H]
-    pub gates: &'a mut [f32],
+    pub(crate) gates: View,
     /// c_t and c_{t-1}, [rows, H]
-    pub c: &'a [f32],
-    pub c_prev: &'a [f32],
+    pub(crate) c: View,
+    pub(crate) c_prev: View,
     /// dL/dh_t from the output and from step t+1, [rows, H] each
-    pub dy: &'a [f32],
-    pub dh_rec: &'a [f32],
+    pub(crate) dy: View,
+    pub(crate) dh_rec: View,
     /// In: dL/dc_t from step t+1; out: dL/dc_{t-1}. [rows, H]
-    pub dc: &'a mut [f32],
+    pub(crate) dc: View,
+    life: PhantomData<&'a mut [f32]>,
 }
 
-impl CellBwd<'_> {
-    /// The same step reading its recurrent dL/dh from `dh_rec` [rows, H].
-    pub fn with_dh_rec<'b>(&'b mut self, dh_rec: &'b [f32]) -> CellBwd<'b> {
-        CellBwd { gates: &mut *self.gates, c: self.c, c_prev: self.c_prev, dy: self.dy, dh_rec, dc: &mut *self.dc }
+impl<'a> CellBwd<'a> {
+    /// The step over borrowed buffers (shapes on the fields).
+    pub fn new(
+        gates: &'a mut [f32],
+        (c, c_prev): (&'a [f32], &'a [f32]),
+        (dy, dh_rec): (&'a [f32], &'a [f32]),
+        dc: &'a mut [f32],
+    ) -> Self {
+        let (gates, c, c_prev, dy) = (View::of_mut(gates), View::of(c), View::of(c_prev), View::of(dy));
+        CellBwd { gates, c, c_prev, dy, dh_rec: View::of(dh_rec), dc: View::of_mut(dc), life: PhantomData }
+    }
+    /// The step over raw views (see `View::raw` for the contract).
+    ///
+    /// # Safety
+    /// As `View::raw`, for every view, for the lifetime `'a`.
+    pub unsafe fn from_views(gates: View, (c, c_prev): (View, View), (dy, dh_rec): (View, View), dc: View) -> Self {
+        CellBwd { gates, c, c_prev, dy, dh_rec, dc, life: PhantomData }
+    }
+
+    /// Asks the cache for the saved gates, c, c_prev and dy that the cell reads at units
+    /// `j..j+16` of `row`, so the backward tiles fetch them (the trace streams from L3)
+    /// while they compute.
+    pub fn prefetch(&self, hn: usize, row: usize, j: usize) {
+        let (g, at) = (self.gates.ptr.wrapping_add(row * 4 * hn + j), row * hn + j);
+        for k in 0..4 {
+            fetch(g.wrapping_add(k * hn), true);
+        }
+        for v in [self.c, self.c_prev, self.dy] {
+            fetch(v.ptr.wrapping_add(at), false);
+        }
     }
 }
 
@@ -86,28 +168,49 @@ pub trait CellStep {
     unsafe fn lanes<V: Lanes>(&mut self, hn: usize, row: usize, j: usize);
 }
 
+/// Prefetches the 16 floats at `p` (two lines when they straddle), for writing if `write`.
+/// A prefetch never faults, so any address is fine.
+#[inline(always)]
+fn fetch(p: *const f32, write: bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+        for q in [p, p.wrapping_add(15)] {
+            // SAFETY: prefetch is a hint; it does not fault on any address.
+            unsafe {
+                if write {
+                    _mm_prefetch::<_MM_HINT_ET0>(q as *const i8);
+                } else {
+                    _mm_prefetch::<_MM_HINT_T0>(q as *const i8);
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, write);
+}
+
 impl CellStep for CellFwd<'_> {
     fn check(&self, rows: usize, hn: usize) {
         let n = rows * hn;
-        let lens =
-            [("gates", self.gates.len(), 4 * n), ("bias", self.bias.len(), 4 * hn), ("c_prev", self.c_prev.len(), n)];
+        let lens = [("gates", self.gates.len, 4 * n), ("bias", self.bias.len, 4 * hn), ("c_prev", self.c_prev.len, n)];
         check_lens("cell forward", &lens);
-        check_lens("cell forward", &[("c", self.c.len(), n), ("h", self.h.len(), n)]);
+        check_lens("cell forward", &[("c", self.c.len, n), ("h", self.h.len, n)]);
     }
     /// `c = f c_prev + i g`, `h = o tanh(c)`.
     #[inline(always)]
     unsafe fn lanes<V: Lanes>(&mut self, hn: usize, row: usize, j: usize) {
         let s = self;
-        let (g, bias) = (s.gates.as_mut_ptr().add(row * 4 * hn + j), s.bias.as_ptr().add(j));
+        let (g, bias) = (s.gates.ptr.add(row * 4 * hn + j), s.bias.ptr.add(j));
         let pre = |k: usize| V::load(g.add(k * hn)).add(V::load(bias.add(k * hn)));
         let i = simd::sigmoid(pre(0));
         let f = simd::sigmoid(pre(1));
         let gg = simd::tanh(pre(2));
         let o = simd::sigmoid(pre(3));
         let at = row * hn + j;
-        let c = f.mul(V::load(s.c_prev.as_ptr().add(at))).add(i.mul(gg));
-        c.store(s.c.as_mut_ptr().add(at));
-        o.mul(simd::tanh(c)).store(s.h.as_mut_ptr().add(at));
+        let c = f.mul(V::load(s.c_prev.ptr.add(at))).add(i.mul(gg));
+        c.store(s.c.ptr.add(at));
+        o.mul(simd::tanh(c)).store(s.h.ptr.add(at));
         for (k, v) in [i, f, gg, o].into_iter().enumerate() {
             v.store(g.add(k * hn));
         }
@@ -117,29 +220,29 @@ impl CellStep for CellFwd<'_> {
 impl CellStep for CellBwd<'_> {
     fn check(&self, rows: usize, hn: usize) {
         let n = rows * hn;
-        let lens = [("gates", self.gates.len(), 4 * n), ("c", self.c.len(), n), ("c_prev", self.c_prev.len(), n)];
+        let lens = [("gates", self.gates.len, 4 * n), ("c", self.c.len, n), ("c_prev", self.c_prev.len, n)];
         check_lens("cell backward", &lens);
-        let lens = [("dy", self.dy.len(), n), ("dh_rec", self.dh_rec.len(), n), ("dc", self.dc.len(), n)];
+        let lens = [("dy", self.dy.len, n), ("dh_rec", self.dh_rec.len, n), ("dc", self.dc.len, n)];
         check_lens("cell backward", &lens);
     }
     /// Gate gradients from the saved activations (sigmoid' = v (1 - v), tanh' = 1 - v^2).
     #[inline(always)]
     unsafe fn lanes<V: Lanes>(&mut self, hn: usize, row: usize, j: usize) {
         let s = self;
-        let g = s.gates.as_mut_ptr().add(row * 4 * hn + j);
+        let g = s.gates.ptr.add(row * 4 * hn + j);
         let (i, f, gg, o) = (V::load(g), V::load(g.add(hn)), V::load(g.add(2 * hn)), V::load(g.add(3 * hn)));
         let at = row * hn + j;
         let one = V::splat(1.0);
-        let tc = simd::tanh(V::load(s.c.as_ptr().add(at)));
-        let dh = V::load(s.dy.as_ptr().add(at)).add(V::load(s.dh_rec.as_ptr().add(at)));
+        let tc = simd::tanh(V::load(s.c.ptr.add(at)));
+        let dh = V::load(s.dy.ptr.add(at)).add(V::load(s.dh_rec.ptr.add(at)));
         // dc = dc_next + dh o (1 - tanh(c)^2)
-        let dc = dh.mul(o).mul(one.sub(tc.mul(tc))).add(V::load(s.dc.as_ptr().add(at)));
+        let dc = dh.mul(o).mul(one.sub(tc.mul(tc))).add(V::load(s.dc.ptr.add(at)));
         let dgate = |v: V, d: V| d.mul(v).mul(one.sub(v)); // sigmoid' = v (1 - v)
         dgate(i, dc.mul(gg)).store(g);
-        dgate(f, dc.mul(V::load(s.c_prev.as_ptr().add(at)))).store(g.add(hn));
+        dgate(f, dc.mul(V::load(s.c_prev.ptr.add(at)))).store(g.add(hn));
         dc.mul(i).mul(one.sub(gg.mul(gg))).store(g.add(2 * hn));
         dgate(o, dh.mul(tc)).store(g.add(3 * hn));
-        dc.mul(f).store(s.dc.as_mut_ptr().add(at));
+        dc.mul(f).store(s.dc.ptr.add(at));
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`stack`]: multi-layer stacks with per-layer sizes, carried state and DropConnect.
 //! - `batched`: the time loops with one packed GEMM per step over all rows (large H).
 //! - `recurrent`: the per-step recurrent products with W_hh prepared once per sequence.
+//! - `split`: the time loops for small layers, hidden units split across threads.
 //! - `pool`: recycled trace buffers, so forwards do not page-fault fresh memory.
 //! - `simd`: the lane trait and the exp / sigmoid / tanh approximations the cell uses.
 
@@ -18,7 +19,10 @@ mod pool;
 mod recurrent;
 pub mod reference;
 mod simd;
+mod split;
 pub mod stack;
+#[cfg(test)]
+mod testutil;
 
 pub use cell::Isa;
 pub use reference::{LstmDims, LstmGrads, LstmOutput, LstmParams};

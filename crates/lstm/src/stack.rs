@@ -150,8 +150,12 @@ impl LstmStack {
             }
             layers.push(LayerTrace { d, h0, c0, y: out.y, dropped, saved });
         }
+        if !train {
+            // Inference keeps no trace: hand over the top output instead of copying it.
+            return (layers.pop().map_or_else(Vec::new, |l| l.y), None);
+        }
         let top = layers.last().map_or_else(Vec::new, |l| l.y.clone());
-        (top, train.then(|| StackTrace { x: x.to_vec(), layers }))
+        (top, Some(StackTrace { x: x.to_vec(), layers }))
     }
 
     /// Gradients of every layer (bottom first) and dL/dx, given dL/dy of the top layer.

@@ -50,6 +50,15 @@ use rayon::prelude::*;
 
 use kernel::{MR, NR};
 
+/// The AVX-512 16 x 16 transpose the packing uses, for callers packing their own layouts
+/// (the LSTM's W_ih / W_hh blocks): `out[r][c] = src[c * lds + r]`, row r's values 0..8
+/// stored at `lo + r * ldd` and 8..16 at `hi + r * ldd`.
+///
+/// # Safety
+/// The CPU must support AVX-512F (x86-64 only); `src` must hold 16 floats at each of the
+/// 16 offsets `c * lds`, and `lo`, `hi` 8 floats at each `r * ldd`, not overlapping.
+pub use kernel::transpose16;
+
 /// Most K per pass; K is cut into equal slices no longer than this.
 const KC: usize = 1536;
 /// Rows of C per task, a multiple of MR.
