@@ -143,8 +143,7 @@ pub fn fit_lm(
             return Err(run.interrupted(&plan.name, epoch + 1, 0, true));
         }
     }
-    steps.to_host(model, opt)?;
-    model.encoder.reset();
+    model.encoder.reset(); // the device copy was synced back at the end of the last epoch
     Ok(last)
 }
 
@@ -303,6 +302,5 @@ pub fn fit_classifier(
             return Err(run.interrupted(&plan.name, epoch + 1, 0, true));
         }
     }
-    steps.to_host(model, opt)?;
-    Ok(acc)
+    Ok(acc) // the device copy was synced back at the end of the last epoch
 }
