@@ -105,6 +105,21 @@ impl AwdLstm {
         self.state.clear();
     }
 
+    /// The carried state (h, c) of every layer, [B, H] each; zeros of batch `b` when there is
+    /// none (after `reset`). For a checkpoint taken mid-epoch.
+    pub fn carried_state(&self, b: usize) -> Vec<(Tensor, Tensor)> {
+        if !self.state.is_empty() {
+            return self.state.clone();
+        }
+        let zeros = |h: usize| (Tensor::zeros(&[b, h]), Tensor::zeros(&[b, h]));
+        self.cfg.layer_sizes().into_iter().map(|(_, h)| zeros(h)).collect()
+    }
+
+    /// Replaces the carried state (detached), e.g. by one `carried_state` returned.
+    pub fn set_carried_state(&mut self, state: Vec<(Tensor, Tensor)>) {
+        self.state = state.into_iter().map(|(h, c)| (h.detach(), c.detach())).collect();
+    }
+
     /// Keeps the carried state of the first `rows` rows only (BPT3C: the batch shrinks as
     /// short documents end).
     pub fn keep_rows(&mut self, rows: usize) -> Result<()> {

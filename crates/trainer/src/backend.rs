@@ -8,7 +8,7 @@
 use anyhow::{Context, Result};
 use ulmfit_cuda::Gpu;
 use ulmfit_tensor::optim::Adam;
-use ulmfit_tensor::Rng;
+use ulmfit_tensor::{Rng, Tensor};
 use ulmfit_text::LmBatch;
 
 use crate::awd_lstm::LanguageModel;
@@ -42,6 +42,10 @@ pub trait LmSteps {
     fn evaluate(&mut self, model: &mut LanguageModel, batches: &[LmBatch], rng: &mut Rng) -> Result<(f32, f32)>;
     /// Copies the weights and optimizer moments into `model` and `opt` (no-op on the CPU).
     fn to_host(&mut self, model: &mut LanguageModel, opt: &mut Adam) -> Result<()>;
+    /// The carried state (h, c) of every layer, [B, H] each (for a mid-epoch checkpoint).
+    fn carried(&mut self, model: &LanguageModel, bs: usize) -> Result<Vec<(Tensor, Tensor)>>;
+    /// Restores a carried state `carried` returned.
+    fn set_carried(&mut self, model: &mut LanguageModel, state: Vec<(Tensor, Tensor)>) -> Result<()>;
 }
 
 /// The classifier's steps on some device (see [`LmSteps`]).
@@ -95,6 +99,15 @@ impl LmSteps for CpuSteps {
     }
 
     fn to_host(&mut self, _: &mut LanguageModel, _: &mut Adam) -> Result<()> {
+        Ok(())
+    }
+
+    fn carried(&mut self, model: &LanguageModel, bs: usize) -> Result<Vec<(Tensor, Tensor)>> {
+        Ok(model.encoder.carried_state(bs))
+    }
+
+    fn set_carried(&mut self, model: &mut LanguageModel, state: Vec<(Tensor, Tensor)>) -> Result<()> {
+        model.encoder.set_carried_state(state);
         Ok(())
     }
 }

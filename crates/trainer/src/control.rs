@@ -83,12 +83,8 @@ pub struct Interrupted {
     pub epochs: usize,
     /// Batches of the next epoch done.
     pub batch: usize,
-    /// The training state's directory.
+    /// The training state's directory, saved at this point.
     pub state: PathBuf,
-    /// The state there is this point's (else an earlier epoch's, or none).
-    pub saved_here: bool,
-    /// A state exists at all.
-    pub has_state: bool,
 }
 
 impl Interrupted {
@@ -98,16 +94,7 @@ impl Interrupted {
             at += &format!(" and {} batches", self.batch);
         }
         let dir = self.state.display();
-        if self.saved_here {
-            format!("{at}: training state saved to {dir}; run the same command with --resume to continue")
-        } else if self.has_state {
-            format!(
-                "{at}: a language-model epoch cannot be saved midway, so the state in {dir} (saved after the last \
-                 finished epoch) is kept; run the same command with --resume to continue (it repeats this epoch)"
-            )
-        } else {
-            format!("{at}, before any training state was saved: nothing to resume; run the command again")
-        }
+        format!("{at}: training state saved to {dir}; run the same command with --resume to continue")
     }
 }
 
@@ -151,8 +138,8 @@ pub trait StageHooks {
     }
 
     /// The error that ends a run stopped in `stage` after `epochs` epochs and `batch`
-    /// batches; `saved_here` when the state of exactly this point was just saved.
-    fn interrupted(&self, stage: &str, epochs: usize, batch: usize, _saved_here: bool) -> anyhow::Error {
+    /// batches, once the state of that point is saved.
+    fn interrupted(&self, stage: &str, epochs: usize, batch: usize) -> anyhow::Error {
         anyhow!("stage {stage} stopped after {epochs} epoch(s) and {batch} batches")
     }
 }

@@ -205,6 +205,17 @@ impl LmSteps for GpuLmSteps<'_> {
         Ok(((sum / n as f64) as f32, f32::NAN))
     }
 
+    fn carried(&mut self, _: &LanguageModel, _: usize) -> Result<Vec<(Tensor, Tensor)>> {
+        let dims = self.dev.config().layer_dims();
+        let state = self.dev.state()?;
+        let tensor = |v: &[f32], d: &ulmfit_lstm::LstmDims| Tensor::from_vec(v.to_vec(), &[d.b, d.h]);
+        state.iter().zip(&dims).map(|((h, c), d)| Ok((tensor(h, d)?, tensor(c, d)?))).collect()
+    }
+
+    fn set_carried(&mut self, _: &mut LanguageModel, state: Vec<(Tensor, Tensor)>) -> Result<()> {
+        Ok(self.dev.set_state(&state.iter().map(|(h, c)| (h.to_vec(), c.to_vec())).collect::<Vec<_>>())?)
+    }
+
     fn to_host(&mut self, model: &mut LanguageModel, opt: &mut Adam) -> Result<()> {
         let w = self.dev.weights()?;
         let (m, v) = self.dev.moments()?;

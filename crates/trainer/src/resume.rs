@@ -49,7 +49,6 @@ pub struct Tracker<'c> {
     first_row: usize,
     stages: Vec<String>,
     pending: Option<Pending>,
-    has_state: bool,
     /// The vocabulary of the model being trained (saved with its state, checked on resume).
     pub vocab: Vec<String>,
     /// The run's figures so far (restored on resume).
@@ -271,7 +270,6 @@ impl<'c> Tracker<'c> {
             rows,
             first_row,
             stages,
-            has_state: pending.is_some(),
             pending,
             vocab: Vec::new(),
             results,
@@ -361,19 +359,10 @@ impl StageHooks for Tracker<'_> {
         let dir = self.state_dir();
         checkpoint::save(&dir, &refs, &self.vocab, &self.config, Some(&TrainState { tensors, meta }))
             .with_context(|| format!("saving the training state to {}", dir.display()))?;
-        self.has_state = true;
         Ok(())
     }
 
-    fn interrupted(&self, stage: &str, epochs: usize, batch: usize, saved_here: bool) -> anyhow::Error {
-        Interrupted {
-            stage: stage.to_string(),
-            epochs,
-            batch,
-            state: self.state_dir(),
-            saved_here,
-            has_state: self.has_state,
-        }
-        .into()
+    fn interrupted(&self, stage: &str, epochs: usize, batch: usize) -> anyhow::Error {
+        Interrupted { stage: stage.to_string(), epochs, batch, state: self.state_dir() }.into()
     }
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{ensure, Result};
 use ulmfit_tensor::optim::{Adam, ParamGroup};
-use ulmfit_tensor::Rng;
+use ulmfit_tensor::{Rng, Tensor};
 use ulmfit_text::batch::sorted_order;
 use ulmfit_text::{Bptt, Corpus, LmBatch, LmStream};
 
@@ -68,8 +68,8 @@ fn prepare(opt: &mut Adam, plan: &StagePlan) -> Result<()> {
 /// Trains the language model on `train` for the plan's epochs (fixed BPTT `bptt`, batch
 /// `bs`) on `backend`, validating on `valid` after each epoch and reporting to `run`.
 /// Returns the last (loss, accuracy); a stage the resumed run has passed is skipped (NaN).
-/// Stopped mid-epoch, it returns `control::Interrupted` without saving (the carried LSTM
-/// state is not part of the checkpoint), so a resumed run repeats that epoch.
+/// Stopped, it saves the state at that batch (the carried LSTM state included, as
+/// `lm.state.*` tensors) and returns `control::Interrupted`.
 #[allow(clippy::too_many_arguments)] // one stage's data, model, optimizer and bookkeeping
 pub fn fit_lm(
     backend: &Backend,
@@ -93,7 +93,8 @@ pub fn fit_lm(
         plan.name
     );
     let fresh = Position::start(Rng::new(seed ^ 0x5eed).state());
-    let from = run.begin(&plan.name, &model.named_params(), opt, fresh)?;
+    let saved = model.encoder.carried_state(bs); // zeros, or the saved state after `begin`
+    let from = run.begin(&plan.name, &with_carried(model, &saved), opt, fresh)?;
     let mut steps = backend.lm_steps(model, opt, plan, bs, bptt, seed)?;
     let shape = steps.fixed_shape();
     let runs = |b: &LmBatch| shape.is_none_or(|(t, bn)| b.seq_len == t && b.batch_size == bn);
@@ -103,13 +104,17 @@ pub fn fit_lm(
     let mut rng = Rng::from_state(from.rng);
     let mut last = from.last;
     for epoch in from.epoch..plan.epochs {
-        steps.reset(model)?;
+        let skip = if epoch == from.epoch { from.batch } else { 0 };
+        let (mut loss_sum, mut n) = if skip > 0 { (from.loss_sum, from.steps) } else { (0.0f64, 0usize) };
+        if skip > 0 {
+            steps.set_carried(model, saved.clone())?;
+        } else {
+            steps.reset(model)?;
+        }
         let start = Instant::now();
         let mut progress = EpochProgress::new(&plan.name, batches_per_epoch);
-        let (mut loss_sum, mut n) = (0.0f64, 0usize);
-        for (i, batch) in
-            LmStream::new(train, bs, Bptt::Fixed(bptt), true, seed, epoch as u64)?.filter(runs).enumerate()
-        {
+        let batches = LmStream::new(train, bs, Bptt::Fixed(bptt), true, seed, epoch as u64)?.filter(runs);
+        for (i, batch) in batches.enumerate().skip(skip) {
             let step = epoch * batches_per_epoch + i;
             plan.schedule.apply(&mut opt.groups, &plan.peaks, step, total);
             let ce = steps.train(model, opt, &batch, plan, &mut rng, step)?;
@@ -117,7 +122,11 @@ pub fn fit_lm(
             n += 1;
             progress.update(ce as f64, batch.x.len());
             if run.step_done() && i + 1 < batches_per_epoch {
-                return Err(run.interrupted(&plan.name, epoch, i + 1, false));
+                steps.to_host(model, opt)?;
+                let carried = steps.carried(model, bs)?;
+                let pos = Position { epoch, batch: i + 1, rng: rng.state(), loss_sum, steps: n, last };
+                run.save(&plan.name, &with_carried(model, &carried), opt, &pos)?;
+                return Err(run.interrupted(&plan.name, epoch, i + 1));
             }
         }
         let (_, tokens_per_s) = progress.finish();
@@ -138,13 +147,24 @@ pub fn fit_lm(
         eprintln!("{} epoch {}/{}: train loss {:.3}, valid loss {:.3}, perplexity {:.1}, accuracy {:.3}, {:.0}s, {:.0} tokens/s", plan.name, epoch + 1, plan.epochs, m.train_loss, last.0, m.perplexity.unwrap_or(0.0), last.1, m.seconds, tokens_per_s);
         steps.to_host(model, opt)?;
         let pos = Position { epoch: epoch + 1, last, ..Position::start(rng.state()) };
-        run.epoch_done(&m, &model.named_params(), opt, &pos)?;
+        run.epoch_done(&m, &with_carried(model, &steps.carried(model, bs)?), opt, &pos)?;
         if run.stop_requested() {
-            return Err(run.interrupted(&plan.name, epoch + 1, 0, true));
+            return Err(run.interrupted(&plan.name, epoch + 1, 0));
         }
     }
     model.encoder.reset(); // the device copy was synced back at the end of the last epoch
     Ok(last)
+}
+
+/// The model's named parameters plus its carried state as `lm.state.{h,c}.{layer}`: what an
+/// LM stage's training state holds.
+fn with_carried(model: &LanguageModel, carried: &[(Tensor, Tensor)]) -> Vec<(String, Tensor)> {
+    let mut named = model.named_params();
+    for (l, (h, c)) in carried.iter().enumerate() {
+        named.push((format!("lm.state.h.{l}"), h.clone()));
+        named.push((format!("lm.state.c.{l}"), c.clone()));
+    }
+    named
 }
 
 /// Labelled documents as token ids.
@@ -269,7 +289,7 @@ pub fn fit_classifier(
                 let pos = Position { epoch, batch: i + 1, rng: rng.state(), loss_sum, steps: n, last: (f32::NAN, acc) };
                 steps.to_host(model, opt)?;
                 run.save(&plan.name, &model.named_tensors(), opt, &pos)?;
-                return Err(run.interrupted(&plan.name, epoch, i + 1, true));
+                return Err(run.interrupted(&plan.name, epoch, i + 1));
             }
         }
         let (_, tokens_per_s) = progress.finish();
@@ -299,7 +319,7 @@ pub fn fit_classifier(
         steps.to_host(model, opt)?;
         run.epoch_done(&m, &model.named_tensors(), opt, &pos)?;
         if run.stop_requested() {
-            return Err(run.interrupted(&plan.name, epoch + 1, 0, true));
+            return Err(run.interrupted(&plan.name, epoch + 1, 0));
         }
     }
     Ok(acc) // the device copy was synced back at the end of the last epoch
