@@ -3,9 +3,6 @@
 //! - [`device`]: driver probe, one context and stream, cuBLAS handle, NVRTC kernel cache.
 //! - [`plan`]: the LSTM layer as a list of GEMMs and cell launches (forward and backward).
 //! - [`lstm`]: runs those lists on the GPU, directly or as CUDA graphs.
-//! - [`launch`]: a compiled kernel bundle and the one launch path of every kernel wrapper.
-//! - [`lm`], [`clas`]: the AWD-LSTM language model and the ULMFiT classifier as device-resident
-//!   training steps.
 //!
 //! Kernels are CUDA C in `kernels/*.cu` at the workspace root, embedded with `include_str!`.
 //! Everything is checked against the CPU reference in `ulmfit_lstm::reference`.
@@ -16,7 +13,6 @@
 pub mod clas;
 pub mod device;
 pub mod error;
-pub mod launch;
 pub mod lm;
 pub mod lstm;
 pub mod plan;

@@ -4,11 +4,11 @@
 //! sized as the kernel's header comment says. Dropout and the embedding reuse the LM's
 //! kernels (`crate::lm::kernels`).
 
-use cudarc::driver::LaunchConfig;
+use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 
-use crate::device::Gpu;
-use crate::error::Result;
-use crate::launch::{Arg, KernelSet};
+use crate::device::{compile_cached, ptx_arch, Gpu};
+use crate::error::{DriverContext, Result};
+use crate::lm::kernels::Arg;
 
 /// The classifier kernel sources, in the order NVRTC sees them.
 pub const CLAS_CU: &str = concat!(
@@ -75,17 +75,39 @@ pub struct BnBufs {
     pub var: u64,
 }
 
-/// The loaded classifier kernels ([`NAMES`]).
-pub struct ClasKernels(KernelSet);
+/// The loaded classifier kernels, indexed like [`NAMES`].
+pub struct ClasKernels {
+    funcs: Vec<CudaFunction>,
+}
 
 impl ClasKernels {
     /// Compiles (once per process) and loads the classifier kernels into `gpu`'s context.
     pub fn load(gpu: &Gpu) -> Result<Self> {
-        Ok(ClasKernels(KernelSet::load(gpu, CLAS_CU_NAME, CLAS_CU, &NAMES)?))
+        let (major, minor) = gpu.stream().context().compute_capability().op("compute capability")?;
+        let ptx = compile_cached(CLAS_CU_NAME, CLAS_CU, &ptx_arch(major, minor))?;
+        let module = gpu.stream().context().load_module(ptx).op("load kernels/clas_*.cu PTX")?;
+        let funcs =
+            NAMES.iter().map(|name| module.load_function(name).op(&format!("load {name}"))).collect::<Result<_>>()?;
+        Ok(ClasKernels { funcs })
     }
 
+    /// Launches kernel `name` with `args` in the kernel's parameter order.
     fn launch(&self, gpu: &Gpu, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
-        self.0.launch(gpu, name, cfg, args)
+        let k = NAMES.iter().position(|n| *n == name).expect("kernel name is in NAMES");
+        let mut lb = gpu.stream().launch_builder(&self.funcs[k]);
+        for a in args {
+            match a {
+                Arg::Ptr(v) | Arg::U64(v) => lb.arg(v),
+                Arg::I32(v) => lb.arg(v),
+                Arg::I64(v) => lb.arg(v),
+                Arg::U32(v) => lb.arg(v),
+                Arg::F32(v) => lb.arg(v),
+            };
+        }
+        // SAFETY: each wrapper below passes the arguments in the order and with the types of
+        // the kernel's signature in kernels/clas_*.cu, and addresses of live device buffers
+        // at least as long as the kernel's header comment says.
+        unsafe { lb.launch(cfg) }.map(|_| ()).op(name)
     }
 
     /// `clas_pool_fwd`: out [B, 3E] and argmax [B, E] from the top layer's Hs arena.

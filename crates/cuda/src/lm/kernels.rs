@@ -3,12 +3,10 @@
 //! kernel with the kernel's name. Every pointer argument is a raw device address into a
 //! buffer the caller owns and sized as the kernel's header comment says.
 
-use cudarc::driver::LaunchConfig;
+use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 
-use crate::device::Gpu;
-use crate::error::Result;
-pub use crate::launch::Arg;
-use crate::launch::KernelSet;
+use crate::device::{compile_cached, ptx_arch, Gpu};
+use crate::error::{DriverContext, Result};
 
 /// The LM kernel sources, in the order NVRTC sees them.
 pub const LM_CU: &str = concat!(
@@ -46,8 +44,27 @@ const WIDE: u32 = 1024;
 /// Most blocks of a grid-stride kernel (16 per SM of an H200 is plenty).
 const MAX_BLOCKS: usize = 132 * 16;
 
-/// The loaded LM kernels ([`NAMES`]).
-pub struct LmKernels(KernelSet);
+/// One kernel argument, by value.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    /// A device address.
+    Ptr(u64),
+    /// `int`
+    I32(i32),
+    /// `long long`
+    I64(i64),
+    /// `unsigned int`
+    U32(u32),
+    /// `unsigned long long`
+    U64(u64),
+    /// `float`
+    F32(f32),
+}
+
+/// The loaded LM kernels, indexed like [`NAMES`].
+pub struct LmKernels {
+    funcs: Vec<CudaFunction>,
+}
 
 /// Grid for a grid-stride loop over `n` elements.
 fn stride_grid(n: usize) -> LaunchConfig {
@@ -63,11 +80,31 @@ fn blocks(blocks: usize, threads: u32) -> LaunchConfig {
 impl LmKernels {
     /// Compiles (once per process) and loads the LM kernels into `gpu`'s context.
     pub fn load(gpu: &Gpu) -> Result<Self> {
-        Ok(LmKernels(KernelSet::load(gpu, LM_CU_NAME, LM_CU, &NAMES)?))
+        let (major, minor) = gpu.stream().context().compute_capability().op("compute capability")?;
+        let ptx = compile_cached(LM_CU_NAME, LM_CU, &ptx_arch(major, minor))?;
+        let module = gpu.stream().context().load_module(ptx).op("load kernels/lm_*.cu PTX")?;
+        let funcs =
+            NAMES.iter().map(|name| module.load_function(name).op(&format!("load {name}"))).collect::<Result<_>>()?;
+        Ok(LmKernels { funcs })
     }
 
+    /// Launches kernel `name` with `args` in the kernel's parameter order.
     fn launch(&self, gpu: &Gpu, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
-        self.0.launch(gpu, name, cfg, args)
+        let k = NAMES.iter().position(|n| *n == name).expect("kernel name is in NAMES");
+        let mut lb = gpu.stream().launch_builder(&self.funcs[k]);
+        for a in args {
+            match a {
+                Arg::Ptr(v) | Arg::U64(v) => lb.arg(v),
+                Arg::I32(v) => lb.arg(v),
+                Arg::I64(v) => lb.arg(v),
+                Arg::U32(v) => lb.arg(v),
+                Arg::F32(v) => lb.arg(v),
+            };
+        }
+        // SAFETY: each wrapper below passes the arguments in the order and with the types
+        // of the kernel's signature in kernels/lm_*.cu, and addresses of live device
+        // buffers at least as long as the kernel's header comment says.
+        unsafe { lb.launch(cfg) }.map(|_| ()).op(name)
     }
 
     /// `lm_dropout`: out[k] = inp[k] * mask(k % period), n elements (out may equal inp).
