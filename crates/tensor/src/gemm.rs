@@ -34,7 +34,8 @@ impl<'a> MatRef<'a> {
         MatRef { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
     }
 
-    fn check(&self, what: &str) {
+    /// Panics unless every element of the view lies inside its slice.
+    pub(crate) fn check(&self, what: &str) {
         if self.rows > 0 && self.cols > 0 {
             let last = (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
             assert!(

@@ -1,6 +1,6 @@
 //! Text pipeline of ulmfit-rs: a fastai-compatible tokenizer (fastai v2's rules over a spaCy-like
-//! English word splitter), vocabulary and numericalisation, loaders for the real datasets, a
-//! token-id cache, LM and classifier batching, and dataset download.
+//! English word splitter), vocabulary and numericalisation, loaders for the real datasets, LM
+//! and classifier batching, and dataset download.
 //!
 //! References: fastai 2.8 `fastai/text/{core,data}.py` and spaCy 3.8's English tokenizer.
 //! `tests/fastai_agreement.rs` compares with tokens fastai produced (scripts/fastai_tokens.py);
@@ -23,7 +23,6 @@ mod splitter;
 mod url;
 
 pub mod batch;
-pub mod cache;
 pub mod corpus;
 pub mod csv;
 pub mod datasets;

@@ -5,7 +5,6 @@ mod common;
 
 use std::path::Path;
 
-use ulmfit_text::cache::load_ids;
 use ulmfit_text::datasets::*;
 use ulmfit_text::rng::Rng;
 use ulmfit_text::{Tokenizer, Vocab};
@@ -117,7 +116,6 @@ fn random_bytes_never_panic() {
         let _ = load_fastai_csv(&f);
         let _ = load_lm_tokens(&f, "<eos>");
         let _ = Vocab::load(&f);
-        let _ = load_ids(&f);
         let gz = dir.join(format!("f{}.tar.gz", i % 2));
         std::fs::write(&gz, random_bytes(&mut rng, 300)).unwrap();
         let _ = load_imdb(&gz);

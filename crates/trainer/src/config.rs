@@ -370,6 +370,19 @@ pub struct FinetuneLmConfig {
     pub clip: f32,
     /// LR schedule (one-cycle).
     pub schedule: ScheduleKind,
+    /// Which of the task's texts the LM reads (`train`).
+    pub text: LmText,
+}
+
+/// The task texts that LM fine-tuning reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LmText {
+    /// The classifier's training texts; its validation split is the LM's.
+    Train,
+    /// Every text of the task, test set included, labels unused (fastai's IMDb recipe): a
+    /// seeded `data.valid_pct` of them is held out for the LM's validation.
+    All,
 }
 
 impl Default for FinetuneLmConfig {
@@ -384,6 +397,7 @@ impl Default for FinetuneLmConfig {
             wd: 0.1,
             clip: 0.1,
             schedule: ScheduleKind::OneCycle,
+            text: LmText::Train,
         }
     }
 }

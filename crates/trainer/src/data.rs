@@ -10,7 +10,7 @@ use ulmfit_tensor::Rng;
 use ulmfit_text::datasets::{self, CsvOptions, Document};
 use ulmfit_text::{Corpus, CorpusBuilder, Tokenizer, Vocab};
 
-use crate::config::{DataConfig, TaskKind};
+use crate::config::{DataConfig, LmText, TaskKind};
 
 /// The lines of an LM token file, one document each (blank lines dropped).
 pub fn lm_documents(path: &Path) -> Result<Vec<String>> {
@@ -21,7 +21,7 @@ pub fn lm_documents(path: &Path) -> Result<Vec<String>> {
 }
 
 /// Tokenises `texts` into a corpus over a fixed vocabulary.
-pub fn numericalize(texts: &[String], vocab: &Vocab) -> Corpus {
+pub fn numericalize<S: AsRef<str> + Sync>(texts: &[S], vocab: &Vocab) -> Corpus {
     let tok = Tokenizer::new();
     let mut b = CorpusBuilder::new(&tok);
     b.add(texts);
@@ -29,7 +29,7 @@ pub fn numericalize(texts: &[String], vocab: &Vocab) -> Corpus {
 }
 
 /// Tokenises `texts` and builds the vocabulary from them (`max_vocab`, `min_freq`).
-pub fn build_vocab(texts: &[String], max_vocab: usize, min_freq: usize) -> (Vocab, Corpus) {
+pub fn build_vocab<S: AsRef<str> + Sync>(texts: &[S], max_vocab: usize, min_freq: usize) -> (Vocab, Corpus) {
     let tok = Tokenizer::new();
     let mut b = CorpusBuilder::new(&tok);
     b.add(texts);
@@ -128,4 +128,63 @@ pub fn load_task(cfg: &DataConfig, seed: u64) -> Result<TaskTexts> {
         test: split(test, "test")?,
         classes,
     })
+}
+
+/// The texts LM fine-tuning reads, as (train, valid): the task's own training and validation
+/// texts, or with [`LmText::All`] every text of the task (test set included, labels unused),
+/// shuffled with `seed` and `valid_pct` of them held out.
+pub fn lm_texts(task: &TaskTexts, text: LmText, valid_pct: f32, seed: u64) -> (Vec<&str>, Vec<&str>) {
+    fn strs(texts: &[String]) -> Vec<&str> {
+        texts.iter().map(String::as_str).collect()
+    }
+    match text {
+        LmText::Train => (strs(&task.train.0), strs(&task.valid.0)),
+        LmText::All => {
+            let mut all = strs(&task.train.0);
+            all.extend(strs(&task.valid.0));
+            all.extend(strs(&task.test.0));
+            Rng::new(seed).shuffle(&mut all);
+            let n_valid = ((all.len() as f32 * valid_pct).round() as usize).clamp(1, all.len() - 1);
+            let valid = all.split_off(all.len() - n_valid);
+            (all, valid)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task() -> TaskTexts {
+        let texts = |prefix: &str, n: usize| ((0..n).map(|i| format!("{prefix} {i}")).collect(), vec![0; n]);
+        TaskTexts {
+            classes: vec!["a".into()],
+            train: texts("train", 30),
+            valid: texts("valid", 5),
+            test: texts("test", 15),
+        }
+    }
+
+    #[test]
+    fn lm_texts_train_is_the_classifiers_split() {
+        let t = task();
+        let (train, valid) = lm_texts(&t, LmText::Train, 0.1, 1);
+        assert_eq!(train, t.train.0);
+        assert_eq!(valid, t.valid.0);
+    }
+
+    #[test]
+    fn lm_texts_all_holds_out_a_seeded_share_of_every_text() {
+        let t = task();
+        let (train, valid) = lm_texts(&t, LmText::All, 0.1, 1);
+        assert_eq!(valid.len(), 5, "10% of 50 texts");
+        let mut seen: Vec<&str> = train.iter().chain(&valid).copied().collect();
+        seen.sort();
+        let mut every: Vec<&str> = t.train.0.iter().chain(&t.valid.0).chain(&t.test.0).map(String::as_str).collect();
+        every.sort();
+        assert_eq!(seen, every, "each text exactly once");
+        assert!(train.iter().any(|s| s.starts_with("test")), "test texts are read");
+        assert_eq!(lm_texts(&t, LmText::All, 0.1, 1), (train.clone(), valid.clone()), "same seed, same split");
+        assert_ne!(lm_texts(&t, LmText::All, 0.1, 2).1, valid, "the seed picks the split");
+    }
 }

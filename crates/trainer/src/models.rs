@@ -140,7 +140,7 @@ pub fn match_rows(old: &Tensor, old_vocab: &Vocab, new_vocab: &Vocab) -> Result<
 }
 
 /// The pretrained vocabulary plus the task's frequent tokens it lacks.
-pub fn extend_vocab(base: &Vocab, task_texts: &[String], cfg: &Config) -> Vocab {
+pub fn extend_vocab<S: AsRef<str> + Sync>(base: &Vocab, task_texts: &[S], cfg: &Config) -> Vocab {
     let (task_vocab, _) = build_vocab(task_texts, cfg.model.max_vocab, cfg.model.min_freq);
     let known: HashSet<&String> = base.itos().iter().collect();
     let mut itos = base.itos().to_vec();

@@ -22,7 +22,7 @@ use crate::backend::Backend;
 use crate::checkpoint;
 use crate::config::{Config, Dropouts};
 use crate::control::{RunControl, StageHooks};
-use crate::data::{build_vocab, lm_documents, load_task, numericalize, TaskTexts};
+use crate::data::{build_vocab, lm_documents, lm_texts, load_task, numericalize, TaskTexts};
 use crate::models::{
     extend_vocab, load_classifier, load_encoder, load_lm, match_rows, new_classifier, save, save_classifier,
     SavedClassifier,
@@ -112,7 +112,7 @@ fn oriented(cfg: &Config, corpus: Corpus) -> Corpus {
 }
 
 /// `texts` as token ids over `vocab`, in the model's reading order.
-fn ids(cfg: &Config, texts: &[String], vocab: &Vocab) -> Corpus {
+fn ids<S: AsRef<str> + Sync>(cfg: &Config, texts: &[S], vocab: &Vocab) -> Corpus {
     oriented(cfg, numericalize(texts, vocab))
 }
 
@@ -221,13 +221,14 @@ fn finetune_phase(
 ) -> Result<(LanguageModel, Vocab)> {
     let t0 = Instant::now();
     let seed = cfg.run.seed;
-    let vocab = extend_vocab(base_vocab, &task.train.0, cfg);
+    let f = &cfg.finetune_lm;
+    let (train_texts, valid_texts) = lm_texts(task, f.text, cfg.data.valid_pct, seed);
+    let vocab = extend_vocab(base_vocab, &train_texts, cfg);
     lm.encoder.embedding = match_rows(&lm.encoder.embedding, base_vocab, &vocab)?;
     lm.decoder_bias = match_rows(&lm.decoder_bias, base_vocab, &vocab)?;
     lm.encoder.cfg.vocab = vocab.len();
     run.vocab = vocab.itos().to_vec();
-    let (train, valid) = (ids(cfg, &task.train.0, &vocab), ids(cfg, &task.valid.0, &vocab));
-    let f = &cfg.finetune_lm;
+    let (train, valid) = (ids(cfg, &train_texts, &vocab), ids(cfg, &valid_texts, &vocab));
     let mut opt = adam(lm.param_groups(), cfg.optim.sqr_mom, cfg.optim.eps);
     let n_groups = opt.groups.len();
     let frozen = StagePlan {

@@ -69,6 +69,7 @@ bptt = 70
 wd = 0.1
 clip = 0.1
 schedule = "one-cycle"
+text = "all"
 
 [classifier]
 bs = 32
@@ -142,6 +143,7 @@ fn full_config_parses_and_round_trips() {
         (c.pretrain.schedule, c.pretrain.clip, c.run.device, c.run.seed),
         (ScheduleKind::Stlr, 0.25, DeviceKind::Cuda, 7)
     );
+    assert_eq!((c.finetune_lm.text, Config::default().finetune_lm.text), (LmText::All, LmText::Train));
     assert_eq!(c.optim.schedule(ScheduleKind::Stlr), Schedule::Slanted { cut_frac: 0.1, ratio: 32.0 });
     let stages = c.classifier.freeze_stages();
     assert_eq!(stages.len(), 2);

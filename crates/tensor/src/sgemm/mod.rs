@@ -106,7 +106,7 @@ impl PackedB {
     }
 
     fn pack_for(b: MatRef, path: Path) -> Self {
-        check(b, "B");
+        b.check("B");
         let data = match path {
             Path::Avx512 => pack::pack_panels::<NR>(b),
             Path::Portable => pack::row_major(b),
@@ -133,7 +133,7 @@ pub fn gemm_packed(alpha: f32, a: MatRef, b: &PackedB, beta: f32, c: &mut [f32])
     let (m, k, n) = (a.rows, a.cols, b.n);
     assert_eq!(k, b.k, "sgemm: inner dimensions differ: A is [{m}x{k}], B is [{}x{n}]", b.k);
     assert_eq!(c.len(), m * n, "sgemm: C has {} elements, expected [{m}x{n}]", c.len());
-    check(a, "A");
+    a.check("A");
     match b.path {
         Path::Portable => crate::gemm::portable_sgemm(alpha, a, MatRef::new(b.data.as_slice(), k, n), beta, c),
         Path::Avx512 => blocked(alpha, a, BSrc::Packed(b.data.as_slice()), beta, c, n),
@@ -152,8 +152,8 @@ pub fn gemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32]) {
         // is copied once, while still in cache. More: pack B once, share it across row blocks.
         Path::Avx512 if m <= MC => {
             assert_eq!(c.len(), m * n, "sgemm: C has {} elements, expected [{m}x{n}]", c.len());
-            check(a, "A");
-            check(b, "B");
+            a.check("A");
+            b.check("B");
             blocked(alpha, a, BSrc::Raw(b), beta, c, n)
         }
         Path::Avx512 => gemm_packed(alpha, a, &PackedB::pack_for(b, Path::Avx512), beta, c),
@@ -283,20 +283,6 @@ impl Product<'_> {
                 }
             }
         }
-    }
-}
-
-/// Panics unless every element of the `rows x cols` view `x` lies inside its slice.
-fn check(x: MatRef, what: &str) {
-    if x.rows > 0 && x.cols > 0 {
-        let last = (x.rows - 1) * x.rs + (x.cols - 1) * x.cs;
-        assert!(
-            last < x.data.len(),
-            "sgemm: operand {what} [{}x{}] overruns its buffer of {}",
-            x.rows,
-            x.cols,
-            x.data.len()
-        );
     }
 }
 
