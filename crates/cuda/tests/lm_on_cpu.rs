@@ -3,6 +3,8 @@
 //! and the CPU reference's gradients match finite differences (dropout on), so the spec the
 //! GPU is checked against is itself checked. The op lists are replayed in lm_replay.rs.
 
+mod common;
+
 use ulmfit_cuda::device::compile_cached;
 use ulmfit_cuda::lm::kernels::{LM_CU, LM_CU_NAME, NAMES};
 use ulmfit_cuda::lm::mask::{mask_key, scales, unit, Mask};
@@ -11,12 +13,7 @@ use ulmfit_cuda::lm::{Dropouts, LmConfig, LmWeights};
 
 #[test]
 fn lm_kernels_compile_with_nvrtc() {
-    let found = ["libnvrtc.so.13", "libnvrtc.so"].iter().any(|&lib| {
-        // SAFETY: loading libnvrtc runs only its initialisers; it is closed right away.
-        unsafe { libloading::Library::new(lib) }.is_ok()
-    });
-    if !found {
-        println!("skip: libnvrtc not found (LM kernel compile check)");
+    if !common::nvrtc_or_skip("LM kernel compile check") {
         return;
     }
     let ptx = compile_cached(LM_CU_NAME, LM_CU, "compute_90").unwrap_or_else(|e| panic!("{e}"));

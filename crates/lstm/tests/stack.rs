@@ -106,3 +106,16 @@ fn stack_matches_reference_across_two_calls_with_dropconnect() {
         }
     }
 }
+
+#[test]
+fn reset_starts_the_next_call_from_zeros() {
+    let (t, b) = (3, 2);
+    let mut s = LstmStack::new(&[4, 6, 5], 9);
+    let x: Vec<f32> = (0..t * b * 4).map(|k| (k * 13 % 11) as f32 / 5.0 - 1.0).collect();
+    let (first, _) = s.forward(&x, t, b, false, 0);
+    let (carried, _) = s.forward(&x, t, b, false, 0);
+    assert_ne!(first, carried, "the second call must start from the first call's final state");
+    s.reset();
+    let (after_reset, _) = s.forward(&x, t, b, false, 0);
+    assert_eq!(first, after_reset, "after reset the stack must start from zeros again");
+}

@@ -9,8 +9,6 @@ pub enum Error {
     ShapeMismatch { op: &'static str, lhs: Vec<usize>, rhs: Vec<usize> },
     /// A single operand whose shape, axis or argument the op cannot take.
     BadArgument { op: &'static str, msg: String },
-    /// A device that is not available in this build or on this machine.
-    DeviceUnavailable(String),
 }
 
 /// Shorthand for `Result<T, ulmfit_tensor::Error>`.
@@ -21,7 +19,6 @@ impl fmt::Display for Error {
         match self {
             Error::ShapeMismatch { op, lhs, rhs } => write!(f, "{op}: shapes {lhs:?} and {rhs:?} do not fit"),
             Error::BadArgument { op, msg } => write!(f, "{op}: {msg}"),
-            Error::DeviceUnavailable(msg) => write!(f, "{msg}"),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! ulmfit-tensor: f32 tensors with reverse-mode autograd, the engine under ulmfit-rs.
 //!
-//! - `tensor.rs`: the `Tensor` handle (shape, data, device, gradient).
+//! - `tensor.rs`: the `Tensor` handle (shape, data, gradient).
 //! - `autograd.rs`: the `Op` trait, grad mode, `backward` (one sort, one reverse loop).
 //! - `ops/`: every differentiable op, forward and backward side by side.
 //! - `gemm.rs`: the CPU matrix product all matmuls use.
@@ -21,4 +21,4 @@ pub use autograd::{is_grad_enabled, no_grad, Op};
 pub use error::{Error, Result};
 pub use ops::batchnorm::BatchNormStats;
 pub use rng::Rng;
-pub use tensor::{Device, Tensor};
+pub use tensor::Tensor;

@@ -1,4 +1,4 @@
-//! The `Tensor`: an f32 array with a shape, a device and, when it takes part in autograd,
+//! The `Tensor`: an f32 array with a shape and, when it takes part in autograd,
 //! a link to the op that made it.
 //!
 //! A `Tensor` is a cheap handle (`Rc`): cloning it shares the data. Data is row-major and
@@ -11,23 +11,14 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::autograd::{self, Op};
-use crate::error::{bad, Error, Result};
-
-/// Where a tensor's data lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Device {
-    /// Host memory; every op has a CPU implementation, the reference for all others.
-    Cpu,
-    /// A CUDA GPU, by ordinal. Tensors live there once the CUDA backend is compiled in.
-    Cuda(usize),
-}
+use crate::error::{bad, Result};
 
 /// A tensor: shape, data, and (when recorded) the op that produced it.
 #[derive(Clone)]
 pub struct Tensor(pub(crate) Rc<Node>);
 
 pub(crate) struct Node {
-    /// Creation order; the autograd sorts by it so runs repeat bit for bit.
+    /// Unique, in creation order: the autograd's key for visited nodes and gradients.
     pub(crate) id: usize,
     pub(crate) shape: Vec<usize>,
     pub(crate) data: RefCell<Vec<f32>>,
@@ -123,21 +114,6 @@ impl Tensor {
     /// Size of dimension `axis`.
     pub fn dim(&self, axis: usize) -> usize {
         self.0.shape[axis]
-    }
-
-    /// The device the data lives on.
-    pub fn device(&self) -> Device {
-        Device::Cpu
-    }
-
-    /// Copies the tensor to `device`. Only the CPU exists in this build.
-    pub fn to_device(&self, device: Device) -> Result<Tensor> {
-        match device {
-            Device::Cpu => Ok(self.clone()),
-            Device::Cuda(i) => Err(Error::DeviceUnavailable(format!(
-                "tensor on cuda:{i}: the tensor engine has no CUDA storage yet; use --device cpu"
-            ))),
-        }
     }
 
     /// Borrows the data (row-major).

@@ -119,16 +119,6 @@ impl<'t> CorpusBuilder<'t> {
         }
     }
 
-    /// Documents added so far.
-    pub fn len(&self) -> usize {
-        self.corpus.len()
-    }
-
-    /// True if nothing was added.
-    pub fn is_empty(&self) -> bool {
-        self.corpus.is_empty()
-    }
-
     /// Builds the vocabulary from the counts (fastai `make_vocab`) and numericalises with it.
     pub fn finish(self, max_vocab: usize, min_freq: usize) -> (Vocab, Corpus) {
         let vocab = Vocab::from_counts(&self.counts, max_vocab, min_freq);

@@ -174,13 +174,14 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// A classifier over `encoder` for `classes` classes; `output_p` is the first head
-    /// dropout (fastai: the encoder config's output_p), the second is 0.1.
-    pub fn new(encoder: AwdLstm, classes: usize, rng: &mut Rng) -> Self {
+    /// A classifier over `encoder` for `classes` classes with a head 3E -> `lin_ftrs` ->
+    /// classes (fastai: 50). The first head dropout is the encoder config's `output_p` (as in
+    /// fastai), the second `head_p` (fastai: 0.1).
+    pub fn new(encoder: AwdLstm, classes: usize, lin_ftrs: usize, head_p: f32, rng: &mut Rng) -> Self {
         let e = encoder.cfg.emb_sz;
         let p = encoder.cfg.drop.output_p;
         Classifier {
-            head: [HeadBlock::new(3 * e, 50, p, rng), HeadBlock::new(50, classes, 0.1, rng)],
+            head: [HeadBlock::new(3 * e, lin_ftrs, p, rng), HeadBlock::new(lin_ftrs, classes, head_p, rng)],
             encoder,
             bptt: 72,
             max_len: 1440,
@@ -320,7 +321,7 @@ mod gradient_tests {
             n_layers: 2,
             drop: crate::config::Dropouts::lm().scaled(0.0),
         };
-        let mut model = Classifier::new(AwdLstm::new(cfg, &mut rng), 3, &mut rng);
+        let mut model = Classifier::new(AwdLstm::new(cfg, &mut rng), 3, 50, 0.1, &mut rng);
         model.head[1].p = 0.0;
         model.bptt = 8;
         let batch = DocBatch { docs: vec![vec![2, 5, 6, 7, 3, 9, 10], vec![2, 4, 4, 8], vec![2, 1]] };

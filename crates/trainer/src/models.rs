@@ -71,11 +71,12 @@ pub fn load_encoder(cfg: &Config, dir: &Path) -> Result<(AwdLstm, Vocab)> {
 }
 
 /// A classifier over `encoder` for `classes` classes, head initialised from `seed`, with the
-/// config's BPT3C settings.
+/// config's head size and dropout and its BPT3C settings.
 pub fn new_classifier(cfg: &Config, encoder: AwdLstm, classes: usize, seed: u64) -> Classifier {
-    let mut model = Classifier::new(encoder, classes, &mut Rng::new(seed));
-    model.bptt = cfg.classifier.bptt;
-    model.max_len = cfg.classifier.max_len;
+    let c = &cfg.classifier;
+    let mut model = Classifier::new(encoder, classes, c.lin_ftrs, c.head_p, &mut Rng::new(seed));
+    model.bptt = c.bptt;
+    model.max_len = c.max_len;
     model
 }
 
@@ -146,4 +147,21 @@ pub fn extend_vocab<S: AsRef<str> + Sync>(base: &Vocab, task_texts: &[S], cfg: &
     let mut itos = base.itos().to_vec();
     itos.extend(task_vocab.itos().iter().filter(|t| *t != "xxfake" && !known.contains(t)).cloned());
     Vocab::from_itos(itos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Dropouts;
+
+    #[test]
+    fn new_classifier_takes_head_size_dropout_and_bpt3c_from_the_config() {
+        let text = "[model]\nemb_sz = 8\nn_hid = 12\nn_layers = 2\n\n[classifier]\nlin_ftrs = 20\nhead_p = 0.3\nbptt = 9\nmax_len = 27\n";
+        let cfg = Config::parse(text, Path::new("head.toml")).unwrap();
+        let enc = AwdLstm::new(model_config(&cfg, 30, Dropouts::clas(), 0.5), &mut Rng::new(1));
+        let m = new_classifier(&cfg, enc, 4, 2);
+        assert_eq!(m.head[0].weight.shape(), &[20, 24], "first head layer 3E -> lin_ftrs");
+        assert_eq!(m.head[1].weight.shape(), &[4, 20], "second head layer lin_ftrs -> classes");
+        assert_eq!((m.head[1].p, m.bptt, m.max_len), (0.3, 9, 27));
+    }
 }

@@ -84,7 +84,7 @@ fn cpu_model(c: &ClasConfig) -> Classifier {
         n_layers: c.layers,
         drop: Dropouts::lm().scaled(0.0),
     };
-    let mut m = Classifier::new(AwdLstm::new(enc, &mut rng), c.classes, &mut rng);
+    let mut m = Classifier::new(AwdLstm::new(enc, &mut rng), c.classes, c.features, 0.1, &mut rng);
     (m.bptt, m.max_len) = (c.bptt, c.max_len);
     // Embedding x10 and LSTM weights x3: with the default init the pooled features barely
     // differ between documents (std ~1e-3 of 0.3), and batch norm's 1 / std (up to

@@ -99,7 +99,7 @@ fn classifier() -> Classifier {
     let drop = Dropouts { input_p: 0.0, hidden_p: 0.0, weight_p: 0.0, embed_p: 0.0, output_p: 0.0 };
     let cfg = AwdLstmConfig { vocab: 40, emb_sz: 8, n_hid: 12, n_layers: 2, drop };
     let mut rng = Rng::new(5);
-    let mut m = Classifier::new(AwdLstm::new(cfg, &mut rng), 3, &mut rng);
+    let mut m = Classifier::new(AwdLstm::new(cfg, &mut rng), 3, 50, 0.1, &mut rng);
     (m.bptt, m.max_len) = (5, 10);
     m.encoder.embedding.data_mut().iter_mut().for_each(|v| *v *= 10.0);
     for t in m.encoder.layers.iter().flat_map(|l| [&l.w_ih, &l.w_hh]) {

@@ -264,8 +264,9 @@ fn classifier_and_docs(fx: &Fixture, case: &str) -> (Classifier, Vec<Vec<u32>>) 
     let masked = case == "masked";
     let drop = if masked { masked_dropouts(fx) } else { Dropouts::clas().scaled(0.0) };
     let mut rng = Rng::new(0);
-    let mut model = Classifier::new(AwdLstm::new(encoder_config(fx, drop), &mut rng), fx.usize("classes"), &mut rng);
-    model.head[1].p = if masked { fx.f32_meta("masked.head_p") } else { 0.0 };
+    let head_p = if masked { fx.f32_meta("masked.head_p") } else { 0.0 };
+    let encoder = AwdLstm::new(encoder_config(fx, drop), &mut rng);
+    let mut model = Classifier::new(encoder, fx.usize("classes"), fx.usize("lin_ftrs"), head_p, &mut rng);
     model.bptt = fx.usize("bptt");
     model.max_len = fx.usize("max_len");
     fx.assign(&model.named_tensors());

@@ -184,13 +184,6 @@ impl<'g> LmCuda<'g> {
         self.ptr(At { buf, off })
     }
 
-    /// Sets Adam's and the clip's settings of every group (read by the next update), all
-    /// trainable, each group's Adam count the step counter.
-    pub fn set_hyper(&mut self, h: Hyper) -> Result<()> {
-        let slots = group_slots(&self.layout, h);
-        self.gpu.stream().memcpy_htod(&slots, &mut self.b.hyper).op("upload hyper-parameters")
-    }
-
     /// The parameter groups (`Layout::groups`: each LSTM layer, then the embedding with the
     /// decoder bias), as (offset, length) in the flat buffer.
     pub fn groups(&self) -> &[(usize, usize)] {

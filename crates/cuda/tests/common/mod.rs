@@ -1,4 +1,4 @@
-//! Shared by the CUDA tests: random layers, the comparison that fails loudly, the GPU skip.
+//! Shared by the CUDA tests: random layers, the comparison that fails loudly, the GPU and NVRTC skips.
 #![allow(dead_code)] // each test file uses a different subset
 
 use ulmfit_lstm::{LstmDims, LstmParams};
@@ -90,4 +90,17 @@ static GPU_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// time. A panicking test does not poison the others.
 pub fn gpu_lock() -> std::sync::MutexGuard<'static, ()> {
     GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// True where libnvrtc loads (kernels can be compiled without a GPU); prints a skip line
+/// naming `what` otherwise.
+pub fn nvrtc_or_skip(what: &str) -> bool {
+    let found = ["libnvrtc.so.13", "libnvrtc.so"].iter().any(|&lib| {
+        // SAFETY: loading libnvrtc runs only its initialisers; it is closed right away.
+        unsafe { libloading::Library::new(lib) }.is_ok()
+    });
+    if !found {
+        println!("skip: libnvrtc not found ({what})");
+    }
+    found
 }
