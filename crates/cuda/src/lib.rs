@@ -1,11 +1,15 @@
 //! ulmfit-cuda: the CUDA backend of ulmfit-rs.
 //!
 //! - [`device`]: driver probe, one context and stream, cuBLAS handle, NVRTC kernel cache.
+//! - [`error`]: CUDA errors with what was being done, out of memory with the size.
 //! - [`plan`]: the LSTM layer as a list of GEMMs and cell launches (forward and backward).
 //! - [`lstm`]: runs those lists on the GPU, directly or as CUDA graphs.
+//! - [`lm`]: the AWD-LSTM language-model training step, device-resident.
+//! - [`clas`]: the ULMFiT classifier's training step and evaluation, device-resident.
 //!
 //! Kernels are CUDA C in `kernels/*.cu` at the workspace root, embedded with `include_str!`.
-//! Everything is checked against the CPU reference in `ulmfit_lstm::reference`.
+//! Each part is checked against a CPU spec: the LSTM against `ulmfit_lstm::reference`, the
+//! LM against `lm::reference`, the classifier against `ulmfit_trainer::classifier`.
 //! Builds and runs its CPU-side tests with no CUDA installed (`dynamic-loading`).
 
 #![warn(missing_docs)]

@@ -128,14 +128,15 @@ impl ClasSteps for GpuClasSteps<'_> {
         _: &mut Rng,
         step: usize,
     ) -> Result<f32> {
-        let top = &opt.groups[0];
+        // Adam's betas and the weight decay are the same in every group (`stages.rs` sets them).
+        let first = &opt.groups[0];
         let hyper = ClasHyper {
             lrs: opt.groups.iter().map(|g| g.lr).collect(),
             frozen: opt.groups.iter().map(|g| !g.params.iter().any(Tensor::requires_grad)).collect(),
-            beta1: top.betas.0,
-            beta2: top.betas.1,
+            beta1: first.betas.0,
+            beta2: first.betas.1,
             eps: opt.eps,
-            weight_decay: top.weight_decay,
+            weight_decay: first.weight_decay,
             clip: plan.step.clip,
         };
         self.dev.set_step_count(step as u32); // masks follow the stage's step index (resume)

@@ -7,7 +7,9 @@
 //! - `schedule.rs`: slanted triangular LR, one-cycle with cyclical momentum, discriminative LRs.
 //! - `backend.rs`: where a stage's steps run (CPU autograd, or the GPU through `gpu_lm.rs` and
 //!   `gpu_clas.rs`, device-resident copies of the LM and classifier from `ulmfit_cuda`).
-//! - `checkpoint.rs`: safetensors weights + vocabulary + config, written atomically.
+//! - `checkpoint.rs`: safetensors weights + vocabulary + config, written atomically;
+//!   `models.rs`: saving and loading the LM, encoder and classifier, vocabulary extension.
+//! - `control.rs`, `resume.rs`: Ctrl-C and stop requests, training state and `--resume`.
 //! - `metrics.rs`, `plot.rs`, `progress.rs`: per-epoch metrics files, curves, progress bars.
 //! - `curves.rs`: a run's loss and LR curves; `lr_find.rs`: the LR range test on pretraining.
 //! - `config.rs`: the TOML pipeline configuration.

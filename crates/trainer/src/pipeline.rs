@@ -356,7 +356,8 @@ pub fn run_with(cfg: &Config, opts: &RunOptions, ctl: &RunControl) -> Result<Run
 }
 
 /// The three phases of the config's direction, skipping those a resumed run has passed
-/// (their results are read from their directories); returns the classifier's vocabulary
+/// (their models are read from their directories, their figures come with the training
+/// state); returns the classifier's vocabulary
 /// when this call trained the classifier.
 fn one_direction(cfg: &Config, backend: &Backend, run: &mut Tracker, task: &TaskTexts) -> Result<Option<Vocab>> {
     let mut lm = None;

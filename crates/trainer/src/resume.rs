@@ -2,13 +2,12 @@
 //! [`Tracker`] appends each epoch's metrics row and writes the training state to
 //! `OUT/state/` (a checkpoint with the model, Adam's moments, the stage, epoch and batch, the
 //! stage's RNG state and the run's figures so far), and at every step boundary asks
-//! `control::RunControl` whether to stop (Ctrl-C, or a test's step budget); a stopped
-//! classifier stage saves its state at that batch. `--resume` reads the state back: stages
-//! before it are skipped (earlier phases are read from their checkpoint directories), the
-//! saved stage goes on from the saved batch with the same weights, moments and random
-//! streams, so the resumed run ends bit-identical to an uninterrupted one
-//! (`tests/pipeline_resume.rs`). A language-model stage stopped mid-epoch keeps the state of
-//! its last finished epoch (the carried LSTM state is not saved) and repeats that epoch.
+//! `control::RunControl` whether to stop (Ctrl-C, or a test's step budget); a stopped stage
+//! saves its state at that batch (a language-model stage with its carried LSTM state, read
+//! from the CPU or the GPU). `--resume` reads the state back: stages before it are skipped
+//! (earlier phases are read from their checkpoint directories), the saved stage goes on from
+//! the saved batch with the same weights, moments, carried state and random streams, so the
+//! resumed run ends bit-identical to an uninterrupted one (`tests/pipeline_resume.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! Training and evaluation loops for the language model and the classifier.
 //!
-//! One step: schedule the learning rates (and Adam's beta1), forward, loss, backward,
-//! clip the global gradient norm, Adam step. A non-finite loss or gradient norm stops the
+//! One step: forward, loss, backward, clip the global gradient norm, Adam step (the stage
+//! loop in `stages.rs` sets the scheduled learning rates and Adam's beta1 before it). A non-finite loss or gradient norm stops the
 //! run with an error before any weight is touched, so the last checkpoint stays good.
 
 use crate::awd_lstm::{lm_loss, LanguageModel};

@@ -1,4 +1,4 @@
-//! Numerical parity with fastai on the CPU: the fixtures in `tests/fixtures/parity/` hold a small
+//! Numerical parity with fastai, on the CPU and (two tests) through the CUDA path: the fixtures in `tests/fixtures/parity/` hold a small
 //! AWD-LSTM language model and classifier built by fastai's own modules, their weights, inputs,
 //! outputs, loss and every parameter gradient (made by `scripts/make_parity_fixtures.py`), with
 //! dropout off and with dropout on, fastai being handed the masks our code draws. We load the

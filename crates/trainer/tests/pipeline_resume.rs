@@ -1,8 +1,8 @@
 //! Resuming and the stage commands, on a tiny pipeline (an AWD-LSTM of 16-32 units
 //! pretrained on TREC's 500 test questions, then TREC-6): one uninterrupted `run` is the
 //! reference.
-//! - A run stopped twice (mid-epoch in pretraining, where the last epoch's state is kept, and
-//!   mid-epoch in a classifier stage, where the state is saved at the batch), then resumed,
+//! - A run stopped twice (mid-epoch in pretraining, saved at the batch with the carried LSTM
+//!   state, and mid-epoch in a classifier stage, saved at the batch), then resumed,
 //!   must end with bit-identical results, metrics rows (timings aside, no duplicates) and
 //!   classifier weights.
 //! - `pretrain` -> `finetune_lm` -> `train_classifier` -> `evaluate` must give `run`'s test error

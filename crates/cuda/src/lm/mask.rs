@@ -1,6 +1,6 @@
 //! The dropout masks of the LM step, drawn from a counter-based hash of (seed, step, mask,
 //! element index): the bit-for-bit twin of `kernels/lm_hash.cu`, used by the CPU reference
-//! (`super::reference`) so that dropout-on steps compare exactly, and by `tests/lm_on_cpu.rs`.
+//! (`super::reference`) so that dropout-on steps compare exactly, and by `tests/lm_on_cpu.rs` and `tests/lm_replay.rs`.
 //!
 //! Integer arithmetic only until the final 24-bit draw becomes a float, so host and device
 //! agree exactly; no state is kept, so a mask is never stored: the backward redraws it.

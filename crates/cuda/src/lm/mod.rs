@@ -10,7 +10,7 @@
 //! - [`reference`]: the step in plain loops: the spec.
 //! - [`kernels`]: `kernels/lm_*.cu`, compiled once, one launch wrapper per kernel.
 //! - [`steps`]: the step as lists of device ops on named buffers (replayed on the CPU by
-//!   tests/lm_on_cpu.rs).
+//!   tests/lm_replay.rs).
 //! - `layer`: the buffers an LSTM layer owns.
 //! - [`model`]: [`LmCuda`], the step, forward then backward then update, or CUDA graphs.
 //! - [`phases`]: the step cut into named phases, each timed from its own graph (the bench).

@@ -6,7 +6,7 @@
 //!
 //! Checked against `super::reference` (loss, every gradient, state, dropout on and off),
 //! `reference::clip_factor` and `reference::adam` by tests/lm_vs_ref.rs; the op lists are
-//! replayed on the CPU by tests/lm_on_cpu.rs.
+//! replayed on the CPU by tests/lm_replay.rs.
 //! Dimensions: T steps, B batch, E embedding width, V vocabulary, N = T*B rows.
 
 use cudarc::driver::{CudaGraph, CudaSlice};

@@ -2,7 +2,7 @@
 //! [`backward_ops`] (the forward's list in reverse, llm.c's shape) and [`update_ops`].
 //!
 //! `super::model` runs the lists on the GPU (or captures them into CUDA graphs);
-//! `tests/lm_on_cpu.rs` replays the same lists on the CPU with line-for-line twins of the
+//! `tests/lm_replay.rs` replays the same lists on the CPU with line-for-line twins of the
 //! kernels and checks them against `super::reference`, so the orchestration (buffers,
 //! offsets, masks, order) is proven without a GPU. LSTM layers appear as the steps of the
 //! fused layer's plans (`crate::plan`) with the layer's buffers mapped by [`layer_at`].
