@@ -1,6 +1,6 @@
 //! GFLOP/s of `ulmfit_tensor::sgemm` (B packed once, and B packed every call) against
-//! `ulmfit_tensor::gemm::sgemm` (matrixmultiply split over the rayon threads), on the
-//! LSTM's and the decoder's shapes. Each figure is the median of several timed samples.
+//! `ulmfit_tensor::gemm::portable_sgemm` (matrixmultiply split over the rayon threads), on
+//! the LSTM's and the decoder's shapes. Each figure is the median of several timed samples.
 //!
 //! Run (serialised with other measurements on the shared machine):
 //!   flock /tmp/bench.lock cargo bench -p ulmfit-tensor --bench sgemm [-- NAME_FILTER]
@@ -79,7 +79,7 @@ fn median_seconds(fs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
 fn main() {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with("--")).unwrap_or_default();
     println!("threads: {}, avx512f: {}", rayon::current_num_threads(), is_x86_feature_detected!("avx512f"));
-    println!("GFLOP/s, median of 9 interleaved rounds; packed: B packed once; gemm: packs B per call; mm: matrixmultiply split over threads");
+    println!("GFLOP/s, median of 9 interleaved rounds; packed: B packed once; gemm: packs B per call; mm: portable_sgemm, matrixmultiply split over threads");
     println!("{:<34} {:>15} {:>8} {:>8} {:>8} {:>9}", "shape", "MxKxN", "packed", "gemm", "mm", "packed/mm");
     for s in SHAPES.iter().filter(|s| s.name.contains(&filter)) {
         let (a_buf, b_buf) = (fill(s.m * s.k, 1), fill(s.k * s.n, 2));
@@ -90,7 +90,7 @@ fn main() {
         let secs = median_seconds(&mut [
             &mut || fast::gemm_packed(1.0, a, &packed, 1.0, &mut c1),
             &mut || fast::gemm(1.0, a, b, 1.0, &mut c2),
-            &mut || gemm::sgemm(1.0, a, b, 1.0, &mut c3),
+            &mut || gemm::portable_sgemm(1.0, a, b, 1.0, &mut c3),
         ]);
         let rate: Vec<f64> = secs.iter().map(|t| 2.0 * (s.m * s.k * s.n) as f64 / t / 1e9).collect();
         let dims = format!("{}x{}x{}", s.m, s.k, s.n);

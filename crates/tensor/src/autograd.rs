@@ -34,11 +34,19 @@ pub fn is_grad_enabled() -> bool {
 }
 
 /// Runs `f` with grad mode off: no op records itself (evaluation, optimizer updates).
+/// The previous mode comes back when `f` returns or panics.
 pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
-    let before = GRAD_ENABLED.with(|g| g.replace(false));
-    let out = f();
-    GRAD_ENABLED.with(|g| g.set(before));
-    out
+    let _restore = GradModeGuard(GRAD_ENABLED.with(|g| g.replace(false)));
+    f()
+}
+
+/// Puts back the grad mode it holds when dropped, also while unwinding.
+struct GradModeGuard(bool);
+
+impl Drop for GradModeGuard {
+    fn drop(&mut self) {
+        GRAD_ENABLED.with(|g| g.set(self.0));
+    }
 }
 
 impl Tensor {
@@ -140,5 +148,23 @@ impl Tensor {
     /// A fresh constant copy (never shares the buffer).
     fn detach_copy(&self) -> Tensor {
         Tensor::from_vec(self.to_vec(), self.shape()).expect("copy has the same shape")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_grad_restores_grad_mode_after_a_panic() {
+        assert!(is_grad_enabled());
+        let caught = std::panic::catch_unwind(|| no_grad(|| panic!("deliberate panic inside no_grad")));
+        assert!(caught.is_err(), "the closure's panic must reach the caller");
+        assert!(is_grad_enabled(), "no_grad left grad mode off after its closure panicked");
+        // Nested calls restore the outer setting, not `true`.
+        no_grad(|| {
+            let _ = std::panic::catch_unwind(|| no_grad(|| panic!("deliberate nested panic")));
+            assert!(!is_grad_enabled(), "an inner no_grad turned grad mode back on inside an outer one");
+        });
     }
 }

@@ -49,13 +49,15 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// Products below this many multiply-adds run on one thread: splitting costs more than it saves.
-const PARALLEL_MIN_MACS: usize = 1 << 20;
+/// Products below this many multiply-adds run on one thread: splitting costs more than it
+/// saves. Shared by `portable_sgemm` and the AVX-512 path (`crate::sgemm`).
+pub(crate) const PARALLEL_MIN_MACS: usize = 1 << 20;
 
-/// Raw output pointer that may be shared between threads writing disjoint panels.
+/// Raw pointer to C, shared by rayon tasks that write disjoint parts of it
+/// (panels in `portable_sgemm`, blocks in `crate::sgemm`).
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: each rayon task writes a disjoint set of C's elements (see `sgemm`).
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: every user hands each rayon task a disjoint set of C's elements.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
@@ -134,7 +136,8 @@ unsafe fn kernel(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: *mut f32, ldc: 
     );
 }
 
-fn scale(c: &mut [f32], beta: f32) {
+/// `C = beta * C` for an empty inner dimension (`beta == 0` writes zeros, reading nothing).
+pub(crate) fn scale(c: &mut [f32], beta: f32) {
     if beta == 0.0 {
         c.fill(0.0);
     } else {

@@ -68,6 +68,29 @@ fn elementwise_binary_with_broadcasting() {
     }
 }
 
+/// The output has the broadcast shape even when the right operand brings the extra leading
+/// dimensions (`[3] + [1, 1, 3]` is `[1, 1, 3]`); the gradients come back in each input's shape.
+#[test]
+fn elementwise_broadcast_adds_leading_dims() {
+    let mut r = Rng::new(8);
+    for (sa, sb, want) in [
+        (vec![3], vec![1, 1, 3], vec![1, 1, 3]),
+        (vec![2, 3], vec![1, 1, 3], vec![1, 2, 3]),
+        (vec![1, 1, 3], vec![3], vec![1, 1, 3]),
+        (vec![3], vec![2, 1, 3], vec![2, 1, 3]),
+    ] {
+        let (a, b) = (param(&mut r, &sa), param_in(&mut r, &sb, 0.5, 2.0));
+        for (name, out) in [("add", a.add(&b)), ("sub", a.sub(&b)), ("mul", a.mul(&b)), ("div", a.div(&b))] {
+            assert_eq!(out.unwrap().shape(), &want[..], "{name} {sa:?} with {sb:?}");
+        }
+        // Summing over axis 1 only works on (and depends on) the full broadcast shape.
+        check("add then sum", &[a.clone(), b.clone()], |x| x[0].add(&x[1])?.sum(1, false));
+        check("sub then sum", &[a.clone(), b.clone()], |x| x[0].sub(&x[1])?.sum(1, false));
+        check("mul then sum", &[a.clone(), b.clone()], |x| x[0].mul(&x[1])?.sum(1, false));
+        check("div then sum", &[a, b], |x| x[0].div(&x[1])?.sum(1, false));
+    }
+}
+
 #[test]
 fn elementwise_unary_and_scalar() {
     let mut r = Rng::new(2);

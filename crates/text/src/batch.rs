@@ -2,16 +2,19 @@
 //! `[T, B]` (index `t * B + b`) as the LSTM wants, both reading the flat [`Corpus`] in place.
 //!
 //! `LmStream` follows fastai's `LMDataLoader`: documents shuffled per epoch, concatenated, the
-//! stream of N tokens cut into B rows of `(N - 1) / B` tokens; batch i holds tokens
-//! `[i*T, i*T+T)` of every row and the targets one token later. The concatenation is virtual
-//! (per-row cursors over the shuffled document order), so no copy of the corpus is made.
-//! `ClassifierBatches` follows fastai's `SortedDL` + `pad_input_chunk` (pad id 1, padding in
-//! whole `seq_len` chunks at the front, the remainder at the end). Checked by `tests/batch.rs`
-//! against a plain concatenate-and-slice reference and fastai's ordering rules.
+//! stream of N tokens cut into B rows of `(N - 1) / B` tokens; each batch holds the next T tokens
+//! of every row and the targets one token later, so the batches tile each row in order. With
+//! `Bptt::Fixed(T)` batch i holds tokens `[i*T, i*T+T)`; with `Bptt::Random` T is drawn per batch.
+//! The concatenation is virtual (per-row cursors over the shuffled document order), so no copy
+//! of the corpus is made. `ClassifierBatches` follows fastai's `SortedDL` + `pad_input_chunk`
+//! (padded with `xxpad`, [`PAD_ID`], in whole `seq_len` chunks at the front, the remainder at
+//! the end). Checked by `tests/batch.rs` against a plain concatenate-and-slice reference and
+//! fastai's ordering rules.
 
 use crate::corpus::Corpus;
 use crate::error::{Result, TextError};
 use crate::rng::Rng;
+use crate::vocab::PAD_ID;
 
 /// Sequence length policy of the LM stream.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -20,6 +23,12 @@ pub enum Bptt {
     Fixed(usize),
     /// AWD-LSTM: base T with p=0.95, else T/2; then max(5, N(that, 5)).
     Random(usize),
+}
+
+/// The shuffling RNG of epoch `epoch` under run seed `seed`: each epoch reshuffles, and the
+/// same (seed, epoch) repeats.
+fn epoch_rng(seed: u64, epoch: u64) -> Rng {
+    Rng::new(seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
 /// One LM batch: inputs and next-token targets, both `[seq_len, batch_size]` time-major.
@@ -73,7 +82,7 @@ impl<'c> LmStream<'c> {
                 "LmStream: {n} tokens cannot fill batch size {batch_size} with bptt {t}"
             )));
         }
-        let mut rng = Rng::new(seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut rng = epoch_rng(seed, epoch);
         let mut order: Vec<u32> = (0..corpus.len() as u32).collect();
         if shuffle {
             rng.shuffle(&mut order);
@@ -221,7 +230,7 @@ impl<'c> ClassifierBatches<'c> {
             )));
         }
         let lens: Vec<usize> = (0..corpus.len()).map(|d| corpus.doc_len(d)).collect();
-        let mut rng = Rng::new(seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut rng = epoch_rng(seed, epoch);
         let order = sorted_order(&lens, batch_size, shuffle, &mut rng);
         Ok(ClassifierBatches { corpus, labels, order, batch_size, pad_chunk, pos: 0 })
     }
@@ -239,7 +248,7 @@ impl Iterator for ClassifierBatches<'_> {
         let bs = docs.len();
         let lengths: Vec<usize> = docs.iter().map(|&d| self.corpus.doc_len(d)).collect();
         let seq_len = lengths.iter().copied().max().unwrap_or(0);
-        let mut x = vec![1u32; seq_len * bs];
+        let mut x = vec![PAD_ID; seq_len * bs];
         for (b, &d) in docs.iter().enumerate() {
             let pad = seq_len - lengths[b];
             let front = pad / self.pad_chunk * self.pad_chunk;

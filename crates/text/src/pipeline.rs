@@ -63,7 +63,7 @@ pub fn progress_bar(n: u64, min: u64, what: &str) -> ProgressBar {
     bar
 }
 
-/// Tokenises and numericalises `docs` in chunks (progress bar above 5,000 documents), building
+/// Tokenises and numericalises `docs` in chunks (progress bar from 5,000 documents on), building
 /// the vocabulary with fastai's rules.
 pub fn build_corpus(docs: &[Document], tok: &Tokenizer, max_vocab: usize, min_freq: usize) -> (Vocab, Corpus) {
     let bar = progress_bar(docs.len() as u64, 5000, "tokenizing");

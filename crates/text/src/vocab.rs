@@ -16,6 +16,10 @@ use crate::rules::SPECIAL_TOKENS;
 pub const MAX_VOCAB: usize = 60000;
 /// fastai v2 default minimum count.
 pub const MIN_FREQ: usize = 3;
+/// Id of `xxunk` (first of [`SPECIAL_TOKENS`]); unknown tokens and `xxfake` encode to it.
+pub const UNK_ID: u32 = 0;
+/// Id of `xxpad` (second of [`SPECIAL_TOKENS`]); classifier batches are padded with it.
+pub const PAD_ID: u32 = 1;
 
 /// Token <-> id mapping.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +65,11 @@ impl Vocab {
     }
 
     /// Wraps an id -> token list (e.g. one read from disk).
+    ///
+    /// The list must start with [`SPECIAL_TOKENS`] in order, as every list [`Vocab::build`] makes
+    /// (and [`Vocab::save`] writes) does: [`Vocab::unk_id`] and [`Vocab::pad_id`] are the fixed
+    /// ids [`UNK_ID`] and [`PAD_ID`], not looked up. This is not checked here (it cannot fail);
+    /// [`Vocab::load`] checks it, and a caller wrapping a list from another file should too.
     pub fn from_itos(itos: Vec<String>) -> Vocab {
         let stoi = itos
             .iter()
@@ -81,14 +90,14 @@ impl Vocab {
         self.itos.is_empty()
     }
 
-    /// Id of `xxunk`.
+    /// Id of `xxunk` ([`UNK_ID`]).
     pub fn unk_id(&self) -> u32 {
-        0
+        UNK_ID
     }
 
-    /// Id of `xxpad`.
+    /// Id of `xxpad` ([`PAD_ID`]).
     pub fn pad_id(&self) -> u32 {
-        1
+        PAD_ID
     }
 
     /// The id -> token list.
@@ -98,7 +107,7 @@ impl Vocab {
 
     /// Id of one token (`xxunk` if unknown).
     pub fn id(&self, token: &str) -> u32 {
-        self.stoi.get(token).copied().unwrap_or(0)
+        self.stoi.get(token).copied().unwrap_or(UNK_ID)
     }
 
     /// Ids of tokens.
@@ -159,4 +168,17 @@ pub fn unescape(t: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_ids_are_the_special_tokens() {
+        assert_eq!(SPECIAL_TOKENS[UNK_ID as usize], "xxunk");
+        assert_eq!(SPECIAL_TOKENS[PAD_ID as usize], "xxpad");
+        let v = Vocab::build(&[vec!["a"]], MAX_VOCAB, 1);
+        assert_eq!((v.id("xxunk"), v.id("xxpad")), (v.unk_id(), v.pad_id()));
+    }
 }

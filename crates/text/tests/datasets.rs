@@ -123,3 +123,26 @@ fn folder_per_class_and_imdb_folder() {
     let docs = load_folder(&dir.join("aclImdb/train")).unwrap();
     assert_eq!(docs.iter().map(|d| d.label.clone().unwrap()).collect::<Vec<_>>(), ["neg", "pos"]);
 }
+
+#[test]
+fn csv_blank_lines_are_skipped_outside_quotes() {
+    let dir = common::scratch("blank-lines");
+    let p = |n: &str| dir.join(n);
+    std::fs::write(p("blank.csv"), "label,text\n\npos,\"good\n\nfilm\"\r\nneg,bad\r\n\r\n").unwrap();
+    let docs = load_csv(&p("blank.csv"), &CsvOptions::csv("text", Some("label"))).unwrap();
+    let want = [("good\n\nfilm", "pos"), ("bad", "neg")]
+        .map(|(text, label)| Document { text: text.into(), label: Some(label.into()) });
+    assert_eq!(docs, want, "blank lines skipped, the one inside quotes kept");
+
+    std::fs::write(p("fastai.csv"), "label,text,is_valid\npos,a,False\n\nneg,b,True\n\n").unwrap();
+    let (train, valid) = load_fastai_csv(&p("fastai.csv")).unwrap();
+    assert_eq!((train.len(), valid.len()), (1, 1), "{train:?} {valid:?}");
+
+    std::fs::write(p("glue.tsv"), "sentence\tlabel\r\nfine\t1\r\n\r\n").unwrap();
+    let o = CsvOptions { delimiter: '\t', quoting: false, ..CsvOptions::csv("sentence", Some("label")) };
+    assert_eq!(load_csv(&p("glue.tsv"), &o).unwrap().len(), 1);
+
+    std::fs::write(p("ragged.csv"), "a,b\n\n1,2\n\n3\n").unwrap();
+    let e = load_csv(&p("ragged.csv"), &CsvOptions::csv("a", None)).unwrap_err().to_string();
+    assert!(e.contains("ragged.csv:5") && e.contains("1 fields"), "line numbers count blank lines: {e}");
+}

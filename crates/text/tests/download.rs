@@ -8,6 +8,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 
 use ulmfit_text::download::{download, Outcome, FILES};
+use ulmfit_text::TextError;
 
 /// Serves `root` over HTTP/1.1 (one request per connection). Paths under `/corrupt/` are served
 /// with their first byte changed. Returns the base URL.
@@ -79,4 +80,17 @@ fn downloads_all_datasets_from_loopback_mirror() {
     assert!(e.contains("404") && e.contains("ptb.train.txt"), "{e}");
     let e = download(&bad, Some(&base), Some("mnist"), &mut |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("unknown dataset") && e.contains("wikitext-2"), "{e}");
+}
+
+#[test]
+fn unknown_dataset_is_named_with_the_known_ones() {
+    let dest = common::scratch("download-unknown");
+    let err = download(&dest, None, Some("mnist"), &mut |_, _, _| {}).unwrap_err();
+    assert!(matches!(err, TextError::Invalid(_)), "an argument error, not a failed download: {err:?}");
+    let e = err.to_string();
+    assert!(e.starts_with("unknown dataset \"mnist\""), "{e}");
+    for name in ["wikitext-2", "ptb", "trec", "imdb", "imdb_sample", "ag_news", "sst2"] {
+        assert!(e.contains(name), "{e} lists {name}");
+    }
+    assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0, "nothing written");
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use ulmfit_tensor::Tensor;
-use ulmfit_text::vocab;
+use ulmfit_text::{vocab, SPECIAL_TOKENS};
 
 const MODEL: &str = "model.safetensors";
 const VOCAB: &str = "vocab.txt";
@@ -203,7 +203,8 @@ fn read_tensors(path: &Path) -> Result<Vec<NamedTensor>> {
         .collect()
 }
 
-/// Reads `vocab.txt`: one token per line, escaped as `ulmfit_text::Vocab::save` writes it.
+/// Reads `vocab.txt`: one token per line, escaped as `ulmfit_text::Vocab::save` writes it,
+/// starting with the special tokens (or empty: a checkpoint without vocabulary).
 fn read_vocab(path: &Path) -> Result<Vec<String>> {
     let text = fs::read(path).map_err(io_err(path, "read"))?;
     let text = String::from_utf8(text)
@@ -212,7 +213,11 @@ fn read_vocab(path: &Path) -> Result<Vec<String>> {
         return Ok(Vec::new());
     }
     let body = text.strip_suffix('\n').ok_or_else(|| corrupt(path, "last line has no newline (truncated?)"))?;
-    Ok(body.split('\n').map(vocab::unescape).collect())
+    let itos: Vec<String> = body.split('\n').map(vocab::unescape).collect();
+    if !itos.starts_with(&SPECIAL_TOKENS.map(String::from)) {
+        return Err(corrupt(path, format!("a vocabulary starts with the special tokens {SPECIAL_TOKENS:?}")));
+    }
+    Ok(itos)
 }
 
 /// Writes a checkpoint into `dir` atomically (see the module docs). `tensors` are the model's

@@ -32,7 +32,8 @@ fn model() -> (Tensor, Tensor) {
 }
 
 fn vocab() -> Vec<String> {
-    ["xxunk", "xxpad", "\n", "back\\slash", "", " sp ", "é", "\t"].iter().map(|s| s.to_string()).collect()
+    let odd = ["\n", "back\\slash", "", " sp ", "é", "\t"];
+    ulmfit_text::SPECIAL_TOKENS.iter().chain(&odd).map(|s| s.to_string()).collect()
 }
 
 fn state() -> TrainState {
@@ -117,12 +118,14 @@ fn mismatched_model_is_refused_with_every_difference() {
 fn vocab_differences_are_described() {
     let v = vocab();
     check_vocab(&v, &v).unwrap();
+    let k = ulmfit_text::SPECIAL_TOKENS.len() + 1; // the backslash token
     let mut other = v.clone();
-    other[3] = "other".into();
+    other[k] = "other".into();
     let e = check_vocab(&v, &other).unwrap_err().to_string();
-    assert!(e.contains("index 3") && e.contains("back\\\\slash") && e.contains("\"other\""), "{e}");
-    let e = check_vocab(&v, &v[..5]).unwrap_err().to_string();
-    assert!(e.contains("expected 8 tokens, checkpoint has 5") && e.contains("first 5 tokens agree"), "{e}");
+    assert!(e.contains(&format!("index {k}")) && e.contains("back\\\\slash") && e.contains("\"other\""), "{e}");
+    let e = check_vocab(&v, &v[..k]).unwrap_err().to_string();
+    let want = format!("expected {} tokens, checkpoint has {k}", v.len());
+    assert!(e.contains(&want) && e.contains(&format!("first {k} tokens agree")), "{e}");
 }
 
 #[test]
@@ -184,7 +187,7 @@ fn damaged_files_give_errors_naming_the_file() {
         let e = err_text(load(&d));
         assert!(e.contains(file), "deleting {file}: {e}");
     }
-    // Truncated vocabulary, bad escapes, broken JSON, flipped optimizer state.
+    // Truncated vocabulary, bad UTF-8, no special tokens first, broken JSON, flipped optimizer state.
     let d = fresh("vocab");
     let v = fs::read(d.join("vocab.txt")).unwrap();
     fs::write(d.join("vocab.txt"), &v[..v.len() - 1]).unwrap();
@@ -192,6 +195,9 @@ fn damaged_files_give_errors_naming_the_file() {
     fs::write(d.join("vocab.txt"), [0x66, 0xff, 0x0a]).unwrap();
     let e = err_text(load(&d));
     assert!(e.contains("vocab.txt") && e.contains("UTF-8"), "{e}");
+    fs::write(d.join("vocab.txt"), "the\nxxunk\n").unwrap();
+    let e = err_text(load(&d));
+    assert!(e.contains("vocab.txt") && e.contains("special tokens"), "{e}");
     let d = fresh("json");
     fs::write(d.join("train_state.json"), "{\"stage\": 1,").unwrap();
     assert!(err_text(load(&d)).contains("train_state.json"));

@@ -111,10 +111,11 @@ impl Binary {
 struct BinaryOp(Binary);
 
 /// Whether `b` (NumPy-aligned) equals the trailing dimensions of `a`, possibly with
-/// leading 1s: then `b`'s data repeats with period `b.numel()` over `a`'s.
+/// leading 1s, and holds at least one element: then `b`'s data repeats with period
+/// `b.numel()` over `a`'s, laid out as the output (whose shape may gain `b`'s extra 1s).
 fn repeats_along_leading_dims(a: &[usize], b: &[usize]) -> bool {
     let b = &b[b.iter().take_while(|&&d| d == 1).count().min(b.len())..];
-    b.len() <= a.len() && a[a.len() - b.len()..] == *b && !b.is_empty()
+    b.len() <= a.len() && a[a.len() - b.len()..] == *b && !b.is_empty() && !b.contains(&0)
 }
 
 /// `out[i] = f(a[i], b[i % b.len()])`, as plain loops over contiguous chunks.
@@ -149,17 +150,17 @@ fn zip_repeat_backward(
 impl Tensor {
     fn binary(&self, rhs: &Tensor, kind: Binary) -> Result<Tensor> {
         let (a, b) = (self.data(), rhs.data());
-        let (out, shape) = if repeats_along_leading_dims(self.shape(), rhs.shape()) {
+        let shape = broadcast_shape(self.shape(), rhs.shape())
+            .ok_or_else(|| mismatch(kind.name(), self.shape(), rhs.shape()))?;
+        let out = if repeats_along_leading_dims(self.shape(), rhs.shape()) {
             // Fast path: rhs has the same shape, or repeats along leading dimensions (a bias
             // row, a [1, B, H] dropout mask over [T, B, H]): no index arithmetic.
-            (zip_repeat(&a, &b, |x, y| kind.apply(x, y)), self.shape().to_vec())
+            zip_repeat(&a, &b, |x, y| kind.apply(x, y))
         } else {
-            let shape = broadcast_shape(self.shape(), rhs.shape())
-                .ok_or_else(|| mismatch(kind.name(), self.shape(), rhs.shape()))?;
             let mut out = vec![0.0; shape.iter().product()];
             let (sa, sb) = (broadcast_strides(self.shape(), &shape), broadcast_strides(rhs.shape(), &shape));
             for_each_broadcast(&shape, &sa, &sb, |o, ia, ib| out[o] = kind.apply(a[ia], b[ib]));
-            (out, shape)
+            out
         };
         Ok(Tensor::from_op(out, &shape, &[self, rhs], BinaryOp(kind)))
     }
@@ -194,6 +195,7 @@ impl Op for BinaryOp {
         let (a, b) = (&inputs[0], &inputs[1]);
         let (av, bv, g) = (a.data(), b.data(), dout.data());
         if repeats_along_leading_dims(a.shape(), b.shape()) {
+            // g has a's data layout (out only adds leading 1s); db sums over the repeats.
             let (da, db) = zip_repeat_backward(&av, &bv, &g, |x, y| self.0.partials(x, y));
             return Ok(vec![Some(Tensor::from_vec(da, a.shape())?), Some(Tensor::from_vec(db, b.shape())?)]);
         }
@@ -370,5 +372,23 @@ mod tests {
         assert_eq!(a.relu().neg().to_vec(), vec![-1.0, -2.0, -3.0, -4.0]);
         let err = a.add(&Tensor::zeros(&[3])).unwrap_err();
         assert_eq!(err.to_string(), "add: shapes [2, 2] and [3] do not fit");
+    }
+
+    #[test]
+    fn output_takes_leading_dims_from_either_side() {
+        let a = Tensor::from_vec(vec![1.0, 2.0, 3.0], &[3]).unwrap();
+        let b = Tensor::from_vec(vec![10.0, 20.0, 30.0], &[1, 1, 3]).unwrap();
+        for (x, y) in [(&a, &b), (&b, &a)] {
+            let sum = x.add(y).unwrap();
+            assert_eq!(sum.shape(), &[1, 1, 3], "add {:?} + {:?}", x.shape(), y.shape());
+            assert_eq!(sum.to_vec(), vec![11.0, 22.0, 33.0]);
+        }
+        let rows = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]).unwrap();
+        let prod = rows.mul(&b).unwrap();
+        assert_eq!(prod.shape(), &[1, 2, 3]);
+        assert_eq!(prod.to_vec(), vec![10.0, 40.0, 90.0, 40.0, 100.0, 180.0]);
+        // Empty operands broadcast to an empty result.
+        let empty = Tensor::zeros(&[2, 0]).sub(&Tensor::zeros(&[0])).unwrap();
+        assert_eq!(empty.shape(), &[2, 0]);
     }
 }

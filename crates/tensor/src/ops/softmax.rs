@@ -122,8 +122,9 @@ impl Tensor {
         let x = self.data();
         let x: &[f32] = &x;
         let mut probs = crate::pool::take(n * c); // every row written below
-                                                  // Per row: -log p(target), or None when ignored. One exp per logit: p = exp(x - max)
-                                                  // is summed, then scaled; log-sum-exp = max + ln(sum).
+
+        // Per row: -log p(target), or None when ignored. One exp per logit: p = exp(x - max)
+        // is summed, then scaled; log-sum-exp = max + ln(sum).
         let row_losses: Vec<Option<f64>> = probs
             .par_chunks_mut(c.max(1))
             .zip(x.par_chunks(c.max(1)))

@@ -44,7 +44,7 @@ mod pack;
 #[cfg(test)]
 mod tests;
 
-use crate::gemm::MatRef;
+use crate::gemm::{scale, MatRef, OutPtr, PARALLEL_MIN_MACS};
 use pack::AlignedBuf;
 use rayon::prelude::*;
 
@@ -65,8 +65,6 @@ const KC: usize = 1536;
 const MC: usize = 16 * MR;
 /// Most columns of C per task.
 const NC: usize = 32 * NR;
-/// Products below this many multiply-adds run on the calling thread, without rayon.
-const PARALLEL_MIN_MACS: usize = 1 << 20;
 
 /// Which implementation a product runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,13 +157,6 @@ pub fn gemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32]) {
         Path::Avx512 => gemm_packed(alpha, a, &PackedB::pack_for(b, Path::Avx512), beta, c),
     }
 }
-
-/// Raw output pointer shared by tasks that write disjoint blocks of C.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes a disjoint block of C (see `blocked`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
 
 /// Where a task finds its B panels.
 #[derive(Clone, Copy)]
@@ -283,14 +274,5 @@ impl Product<'_> {
                 }
             }
         }
-    }
-}
-
-/// `C = beta * C` for an empty inner dimension (`beta == 0` writes zeros, reading nothing).
-fn scale(c: &mut [f32], beta: f32) {
-    if beta == 0.0 {
-        c.fill(0.0);
-    } else {
-        c.iter_mut().for_each(|x| *x *= beta);
     }
 }
