@@ -41,11 +41,13 @@ step() {
         return 0
     fi
     local s=$(date +%s)
-    timeout -k 5 "$t" "$@" >"$log" 2>&1
+    # SIGTERM at the limit: ulmfit saves its training state at the next step (up to 60 s grace).
+    timeout -k 60 "$t" "$@" >>"$log" 2>&1
     local rc=$?
     local verdict=ok
     [ $rc -ne 0 ] && verdict="FAILED rc=$rc"
     [ $rc -eq 124 ] && verdict="TIMED OUT after ${t}s"
+    [ $rc -eq 130 ] && verdict="STOPPED at ${t}s, state saved (run again to resume)"
     echo "| $name | $verdict | $(($(date +%s) - s)) s | $(basename "$log") |" >>"$RESULTS"
     echo "[$(date -u +%T)] $name: $verdict"
     return 0
@@ -76,11 +78,14 @@ if has tests; then
 fi
 
 # 6 first when asked for, since it is the long one: a GPU preset (checkpoints stay in /tmp:
-# too big to come back; results.json and metrics.csv come back as NAME_*).
+# too big to come back; results.json and metrics.csv come back as NAME_*). A run stopped at
+# its time limit saved its state; calling this script again on the same (warm) machine
+# resumes it.
 preset() { # NAME CONFIG
-    local run_dir=/tmp/ulmfit-$1
-    step "$1 preset ($2)" "${PRESET_S:-400}" "$OUT/$1_run.log" \
-        env ULMFIT_DATA="$PWD/$B/data" "$B/ulmfit" run "$2" --out "$run_dir"
+    local run_dir=/tmp/ulmfit-$1 resume=()
+    [ -f "$run_dir/state/train_state.json" ] && resume=(--resume)
+    step "$1 preset ($2) ${resume[*]}" "${PRESET_S:-400}" "$OUT/$1_run.log" \
+        env ULMFIT_DATA="$PWD/$B/data" "$B/ulmfit" run "$2" --out "$run_dir" "${resume[@]}"
     cp "$run_dir/results.json" "$OUT/$1_results.json" 2>/dev/null
     cp "$run_dir/metrics.csv" "$OUT/$1_metrics.csv" 2>/dev/null
 }

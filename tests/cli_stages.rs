@@ -1,7 +1,7 @@
 //! The stage commands through the built binary, on a tiny TREC-6 pipeline: `pretrain`,
 //! `finetune-lm`, `train-classifier`, then `eval --json` must report the test error
 //! `train-classifier` printed; `run --resume` where nothing was saved must fail with a
-//! message naming the missing state.
+//! message naming the missing state. SIGTERM stops a run with its state saved, like Ctrl-C.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -100,5 +100,62 @@ lr = 1e-2
     for f in ["pretrain/model.safetensors", "finetune/vocab.txt", "classifier/classes.txt", "metrics.jsonl"] {
         assert!(out.join(f).exists(), "the commands did not write {f}");
     }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// SIGTERM (what `timeout`, `kill` and job schedulers send) stops a run like Ctrl-C: it saves
+/// the training state at the next step and exits with 130; `--resume` then finishes the stage.
+#[test]
+fn sigterm_saves_the_state_and_resume_finishes() {
+    use std::io::{BufRead, BufReader};
+    let data = data_dir();
+    if !data.join("trec/TREC_10.label").exists() {
+        println!("skip: no trec under {} (set ULMFIT_DATA)", data.display());
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ulmfit-cli-sigterm-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("long.toml");
+    let text = format!(
+        "[data]\nroot = \"{}\"\nlm_train = \"trec/TREC_10.label\"\nlm_valid = \"trec/TREC_10.label\"\n\n\
+         [model]\nemb_sz = 16\nn_hid = 32\nn_layers = 2\nmax_vocab = 600\nmin_freq = 2\n\n\
+         [pretrain]\nepochs = 40\nbs = 16\nbptt = 20\n",
+        data.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = dir.join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ulmfit"))
+        .args(["pretrain"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("running ulmfit");
+    // Signal once the first epoch is reported: the handler is installed and training runs.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("epoch 1/40:") {
+            break;
+        }
+    }
+    assert!(seen.contains("epoch 1/40:"), "no first epoch before the end of output:\n{seen}");
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success(), "kill -TERM failed");
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    let rest = rest.join("\n");
+    println!("after SIGTERM: {status}\n{rest}");
+    assert_eq!(status.code(), Some(130), "a run stopped by SIGTERM exits with 130:\n{rest}");
+    assert!(rest.contains("saved") && out.join("state/train_state.json").exists(), "no state saved:\n{rest}");
+    let resumed = ulmfit(&["pretrain", "--resume"], &config, &out);
+    assert!(resumed.status.success(), "pretrain --resume failed");
+    assert!(out.join("pretrain/model.safetensors").exists(), "the resumed stage wrote no model");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -106,18 +106,22 @@ pub struct EvalArgs {
     json: bool,
 }
 
-/// A run control whose interrupt flag Ctrl-C sets; a second Ctrl-C exits at once.
+/// A run control whose interrupt flag Ctrl-C, SIGTERM or SIGHUP sets (a scheduler or `timeout`
+/// stopping the run saves its state too); a second interrupt exits at once.
 fn control() -> Result<RunControl> {
     let ctl = RunControl::new();
     let flag = ctl.interrupt.clone();
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond Ctrl-C: exiting without saving");
+            eprintln!("\nsecond interrupt: exiting without saving");
             std::process::exit(130);
         }
-        eprintln!("\nCtrl-C: stopping at the next step and saving the training state (Ctrl-C again to exit now)");
+        eprintln!(
+            "\ninterrupted (Ctrl-C or SIGTERM): stopping at the next step and saving the training state \
+             (interrupt again to exit now)"
+        );
     })
-    .context("installing the Ctrl-C handler")?;
+    .context("installing the Ctrl-C / SIGTERM handler")?;
     Ok(ctl)
 }
 
