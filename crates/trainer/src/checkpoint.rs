@@ -204,7 +204,7 @@ fn read_tensors(path: &Path) -> Result<Vec<NamedTensor>> {
 }
 
 /// Reads `vocab.txt`: one token per line, escaped as `ulmfit_text::Vocab::save` writes it,
-/// starting with the special tokens (or empty: a checkpoint without vocabulary).
+/// starting with `xxunk`, `xxpad` (or empty: a checkpoint without vocabulary).
 fn read_vocab(path: &Path) -> Result<Vec<String>> {
     let text = fs::read(path).map_err(io_err(path, "read"))?;
     let text = String::from_utf8(text)
@@ -214,8 +214,11 @@ fn read_vocab(path: &Path) -> Result<Vec<String>> {
     }
     let body = text.strip_suffix('\n').ok_or_else(|| corrupt(path, "last line has no newline (truncated?)"))?;
     let itos: Vec<String> = body.split('\n').map(vocab::unescape).collect();
-    if !itos.starts_with(&SPECIAL_TOKENS.map(String::from)) {
-        return Err(corrupt(path, format!("a vocabulary starts with the special tokens {SPECIAL_TOKENS:?}")));
+    // Unknown and padding tokens have fixed ids; fastai v1 vocabularies (wt103) order the
+    // other special tokens differently, which is fine: they are looked up by name.
+    let (unk, pad) = (SPECIAL_TOKENS[vocab::UNK_ID as usize], SPECIAL_TOKENS[vocab::PAD_ID as usize]);
+    if itos.len() < 2 || itos[vocab::UNK_ID as usize] != unk || itos[vocab::PAD_ID as usize] != pad {
+        return Err(corrupt(path, format!("a vocabulary starts with {unk} and {pad} (ids 0 and 1)")));
     }
     Ok(itos)
 }

@@ -667,7 +667,13 @@ impl Config {
             "needs model.backwards = false (it trains the forward model, then the backward one)",
         );
         check("classifier.head_p", c.head_p.to_string(), (0.0..1.0).contains(&c.head_p), "a dropout must be in [0, 1)");
-        check("classifier.max_len", c.max_len.to_string(), c.max_len >= c.bptt, "must be at least classifier.bptt");
+        check(
+            "classifier.max_len",
+            c.max_len.to_string(),
+            c.max_len + 1 >= 2 * c.bptt,
+            "must be at least 2 x classifier.bptt - 1, so that the pooled steps hold every document's last chunk",
+        );
+        check("classifier.bs", c.bs.to_string(), c.bs != 1, "must be at least 2 (batch norm needs two rows)");
         for (i, s) in c.stages.iter().flatten().enumerate() {
             let key = |k: &str| format!("classifier.stages[{i}].{k}");
             check(

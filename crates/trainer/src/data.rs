@@ -89,6 +89,11 @@ fn task_documents(cfg: &DataConfig) -> Result<(Vec<Document>, Option<Vec<Documen
 pub fn load_task(cfg: &DataConfig, seed: u64) -> Result<TaskTexts> {
     let (mut train, valid, test) = task_documents(cfg)?;
     ensure!(!train.is_empty(), "the task's training set {} is empty", cfg.task_path.display());
+    ensure!(
+        valid.is_some() || train.len() >= 2,
+        "the task's training set {} has 1 document: a validation split needs at least 2",
+        cfg.task_path.display()
+    );
     ensure!(!test.is_empty(), "the task's test set is empty");
     let valid = match valid {
         Some(v) => v,
@@ -163,6 +168,22 @@ mod tests {
             valid: texts("valid", 5),
             test: texts("test", 15),
         }
+    }
+
+    #[test]
+    fn a_training_set_of_one_document_is_an_error_not_a_panic() {
+        let dir = std::env::temp_dir().join(format!("ulmfit-one-doc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("train.csv"), "label,text\npos,only one\n").unwrap();
+        std::fs::write(dir.join("test.csv"), "label,text\npos,a\nneg,b\n").unwrap();
+        let text = format!(
+            "[data]\nroot = {:?}\ntask = \"csv\"\ntask_path = \"train.csv\"\ntest_path = \"test.csv\"\n",
+            dir.display().to_string()
+        );
+        let cfg = crate::config::Config::parse(&text, std::path::Path::new("one.toml")).unwrap();
+        let e = load_task(&cfg.data, 1).err().expect("one training document loaded").to_string();
+        assert!(e.contains("train.csv") && e.contains("1 document"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -36,6 +36,27 @@ fn read(dir: &Path, what: &str) -> Result<(Checkpoint, Vocab)> {
     Ok((ck, vocab))
 }
 
+/// Whether the checkpoint's model reads documents backwards (`model.backwards` in its saved
+/// config.toml; false when absent, e.g. weights exported from fastai).
+fn saved_backwards(ck: &Checkpoint) -> bool {
+    let saved: Option<toml::Table> = ck.config.parse().ok();
+    saved.as_ref().and_then(|t| t.get("model")?.get("backwards")?.as_bool()).unwrap_or(false)
+}
+
+/// Refuses a language model or encoder trained in the other reading direction than `cfg`'s.
+fn check_direction(ck: &Checkpoint, cfg: &Config, what: &str) -> Result<()> {
+    let (saved, want) = (saved_backwards(ck), cfg.model.backwards);
+    let name = |b: bool| if b { "backwards" } else { "forwards" };
+    ensure!(
+        saved == want,
+        "{}: the {what} checkpoint reads documents {}, this config's model {} (model.backwards = {want})",
+        ck.path.display(),
+        name(saved),
+        name(want)
+    );
+    Ok(())
+}
+
 /// Copies the checkpoint's tensors into `named`; the error says which tensors differ and
 /// which `[model]` sizes the config asks for.
 fn assign(ck: &Checkpoint, named: &[(String, Tensor)], cfg: &Config, what: &str) -> Result<()> {
@@ -53,6 +74,7 @@ fn assign(ck: &Checkpoint, named: &[(String, Tensor)], cfg: &Config, what: &str)
 /// the config's LM dropouts.
 pub fn load_lm(cfg: &Config, dir: &Path) -> Result<(LanguageModel, Vocab)> {
     let (ck, vocab) = read(dir, "language model")?;
+    check_direction(&ck, cfg, "language model")?;
     let m = &cfg.model;
     let lm = LanguageModel::new(model_config(cfg, vocab.len(), m.lm_dropouts, m.lm_drop_mult), &mut Rng::new(0));
     assign(&ck, &lm.named_params(), cfg, "language model")?;
@@ -63,6 +85,7 @@ pub fn load_lm(cfg: &Config, dir: &Path) -> Result<(LanguageModel, Vocab)> {
 /// config's classifier dropouts; decoder tensors (`1.*`) are ignored.
 pub fn load_encoder(cfg: &Config, dir: &Path) -> Result<(AwdLstm, Vocab)> {
     let (mut ck, vocab) = read(dir, "encoder")?;
+    check_direction(&ck, cfg, "encoder")?;
     ck.tensors.retain(|t| !t.name.starts_with("1."));
     let m = &cfg.model;
     let enc = AwdLstm::new(model_config(cfg, vocab.len(), m.clas_dropouts, m.clas_drop_mult), &mut Rng::new(0));
@@ -106,8 +129,7 @@ pub fn load_classifier(cfg: &Config, dir: &Path) -> Result<SavedClassifier> {
     let enc = AwdLstm::new(model_config(cfg, vocab.len(), m.clas_dropouts, m.clas_drop_mult), &mut Rng::new(0));
     let model = new_classifier(cfg, enc, classes.len(), 0);
     assign(&ck, &model.named_tensors(), cfg, "classifier")?;
-    let saved: Option<toml::Table> = ck.config.parse().ok();
-    let backwards = saved.as_ref().and_then(|t| t.get("model")?.get("backwards")?.as_bool()).unwrap_or(false);
+    let backwards = saved_backwards(&ck);
     Ok(SavedClassifier { model, vocab, classes, backwards })
 }
 
@@ -163,5 +185,23 @@ mod tests {
         assert_eq!(m.head[0].weight.shape(), &[20, 24], "first head layer 3E -> lin_ftrs");
         assert_eq!(m.head[1].weight.shape(), &[4, 20], "second head layer lin_ftrs -> classes");
         assert_eq!((m.head[1].p, m.bptt, m.max_len), (0.3, 9, 27));
+    }
+
+    #[test]
+    fn a_model_of_the_other_reading_direction_is_refused() {
+        let dir = std::env::temp_dir().join(format!("ulmfit-direction-{}", std::process::id()));
+        let text = "[model]\nemb_sz = 4\nn_hid = 6\nn_layers = 1\nbackwards = true\n";
+        let bwd = Config::parse(text, Path::new("bwd.toml")).unwrap();
+        let itos: Vec<String> = ulmfit_text::SPECIAL_TOKENS.iter().map(|s| s.to_string()).chain(["a".into()]).collect();
+        let vocab = Vocab::from_itos(itos);
+        let cfg = model_config(&bwd, vocab.len(), bwd.model.lm_dropouts, 1.0);
+        save(&dir, &LanguageModel::new(cfg, &mut Rng::new(1)).named_params(), &vocab, &bwd).unwrap();
+        assert!(load_lm(&bwd, &dir).is_ok(), "the same direction loads");
+        let fwd = Config::parse(&text.replace("backwards = true", "backwards = false"), Path::new("fwd.toml")).unwrap();
+        for e in [load_lm(&fwd, &dir).err(), load_encoder(&fwd, &dir).err()] {
+            let e = format!("{:#}", e.expect("a backward model loaded into a forward config"));
+            assert!(e.contains("reads documents backwards") && e.contains("model.backwards = false"), "{e}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

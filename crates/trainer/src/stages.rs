@@ -51,6 +51,13 @@ pub fn adam(groups: Vec<Vec<ulmfit_tensor::Tensor>>, sqr_mom: f32, eps: f32) -> 
     Adam::new(groups, eps)
 }
 
+/// The seed of stage `name` in a run seeded with `seed` (FNV-1a over the name): each stage,
+/// and the backward model's (`bwd-...`), draws its own batch order and dropout masks, as the
+/// one random stream running through fastai's successive `fit` calls does.
+fn stage_seed(seed: u64, name: &str) -> u64 {
+    name.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
 fn prepare(opt: &mut Adam, plan: &StagePlan) -> Result<()> {
     ensure!(
         plan.peaks.len() == opt.groups.len(),
@@ -87,6 +94,7 @@ pub fn fit_lm(
         return Ok((f32::NAN, f32::NAN));
     }
     prepare(opt, plan)?;
+    let seed = stage_seed(seed, &plan.name);
     ensure!(
         train.ids.len() > bs * 2 && valid.ids.len() > bs * 2,
         "stage {}: the corpus is too small for batch size {bs}",
@@ -100,6 +108,13 @@ pub fn fit_lm(
     let runs = |b: &LmBatch| shape.is_none_or(|(t, bn)| b.seq_len == t && b.batch_size == bn);
     let batches_per_epoch = LmStream::new(train, bs, Bptt::Fixed(bptt), false, seed, 0)?.filter(runs).count();
     ensure!(batches_per_epoch > 0, "stage {}: the text has no batch of {bs} x {bptt} tokens", plan.name);
+    let valid_batches: Vec<_> = LmStream::new(valid, bs, Bptt::Fixed(bptt), false, seed, 0)?.filter(runs).collect();
+    ensure!(
+        !valid_batches.is_empty(),
+        "stage {}: the validation text has no batch of {bs} x {bptt} tokens (this device runs only full batches): \
+         use a smaller batch size or sequence length",
+        plan.name
+    );
     let total = plan.epochs * batches_per_epoch;
     let mut rng = Rng::from_state(from.rng);
     let mut last = from.last;
@@ -130,7 +145,6 @@ pub fn fit_lm(
             }
         }
         let (_, tokens_per_s) = progress.finish();
-        let valid_batches: Vec<_> = LmStream::new(valid, bs, Bptt::Fixed(bptt), false, seed, 0)?.filter(runs).collect();
         last = steps.evaluate(model, &valid_batches, &mut rng)?;
         let m = EpochMetrics {
             stage: plan.name.clone(),
@@ -253,7 +267,9 @@ pub fn fit_classifier(
         return Ok(f32::NAN);
     }
     prepare(opt, plan)?;
+    let seed = stage_seed(seed, &plan.name);
     ensure!(train.corpus.len() >= 2, "stage {}: fewer than 2 training documents", plan.name);
+    ensure!(bs >= 2, "stage {}: batch size {bs}: batch norm needs at least 2 documents a batch", plan.name);
     let lens: Vec<usize> = (0..train.corpus.len()).map(|d| train.corpus.doc_len(d)).collect();
     let batches_per_epoch = lens.len().div_ceil(bs);
     let total = plan.epochs * batches_per_epoch;
@@ -323,4 +339,23 @@ pub fn fit_classifier(
         }
     }
     Ok(acc) // the device copy was synced back at the end of the last epoch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stage_seed;
+
+    #[test]
+    fn every_stage_and_direction_has_its_own_seed() {
+        let names =
+            ["pretrain", "finetune-lm-frozen", "finetune-lm", "classifier-1", "classifier-2", "bwd-classifier-1"];
+        let seeds: Vec<u64> = names.iter().map(|n| stage_seed(42, n)).collect();
+        for i in 0..seeds.len() {
+            for j in i + 1..seeds.len() {
+                assert_ne!(seeds[i], seeds[j], "{} and {} share a seed", names[i], names[j]);
+            }
+        }
+        assert_eq!(stage_seed(42, "classifier-1"), seeds[3], "a stage's seed repeats");
+        assert_ne!(stage_seed(43, "classifier-1"), seeds[3], "the run's seed is used");
+    }
 }

@@ -197,7 +197,7 @@ fn damaged_files_give_errors_naming_the_file() {
     assert!(e.contains("vocab.txt") && e.contains("UTF-8"), "{e}");
     fs::write(d.join("vocab.txt"), "the\nxxunk\n").unwrap();
     let e = err_text(load(&d));
-    assert!(e.contains("vocab.txt") && e.contains("special tokens"), "{e}");
+    assert!(e.contains("vocab.txt") && e.contains("xxunk and xxpad"), "{e}");
     let d = fresh("json");
     fs::write(d.join("train_state.json"), "{\"stage\": 1,").unwrap();
     assert!(err_text(load(&d)).contains("train_state.json"));

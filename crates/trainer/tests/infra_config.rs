@@ -183,7 +183,11 @@ fn bad_values_name_the_key() {
         ("[model]\nn_hid = 0\n", "model.n_hid = 0: must be positive"),
         ("[pretrain]\nlr = -1e-3\n", "pretrain.lr = -0.001: a learning rate must be positive"),
         ("[optim]\nmoms = [0.8, 1.2, 0.8]\n", "optim.moms[1] = 1.2"),
-        ("[classifier]\nbptt = 100\nmax_len = 50\n", "classifier.max_len = 50: must be at least classifier.bptt"),
+        (
+            "[classifier]\nbptt = 72\nmax_len = 142\n",
+            "classifier.max_len = 142: must be at least 2 x classifier.bptt - 1",
+        ),
+        ("[classifier]\nbs = 1\n", "classifier.bs = 1: must be at least 2"),
         ("[[classifier.stages]]\nfreeze_to = 2\nepochs = 1\nlr = 1e-3\n", "classifier.stages[0].freeze_to = 2"),
         ("[classifier]\nstages = []\n", "classifier.stages = []"),
         ("[data]\ndelimiter = \",,\"\n", "data.delimiter = \",,\": must be one character"),
