@@ -223,7 +223,9 @@ pub struct ModelConfig {
     pub lm_drop_mult: f32,
     /// Multiplies the classifier dropouts (`text_classifier_learner` 0.5).
     pub clas_drop_mult: f32,
-    /// Vocabulary cap (60000).
+    /// Vocabulary cap (60000) of each vocabulary built: the pretraining corpus's, and the
+    /// task's, whose new words LM fine-tuning appends to the pretrained vocabulary (so the
+    /// fine-tuned vocabulary can hold up to twice this).
     pub max_vocab: usize,
     /// Minimum count to enter the vocabulary (3).
     pub min_freq: usize,
@@ -358,7 +360,8 @@ pub struct FinetuneLmConfig {
     pub frozen_lr: f32,
     /// Epochs unfrozen (10).
     pub epochs: usize,
-    /// Peak LR unfrozen (1e-3).
+    /// Peak LR unfrozen (1e-3), of the top group (fastai's LM split puts the embedding and
+    /// tied decoder last); each LSTM layer below gets 2.6 times less than the one above.
     pub lr: f32,
     /// Batch size (64).
     pub bs: usize,
