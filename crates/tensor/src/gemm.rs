@@ -61,6 +61,17 @@ pub(crate) struct OutPtr(pub(crate) *mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// Element `off` of C. A method, so that closures capture the `Sync` wrapper and not
+    /// the raw pointer inside it.
+    ///
+    /// # Safety
+    /// `off` lies inside C, and no other task writes that element.
+    pub(crate) unsafe fn at(&self, off: usize) -> *mut f32 {
+        self.0.add(off)
+    }
+}
+
 /// `C[M,N] = alpha * A[M,K] · B[K,N] + beta * C`, with `C` row-major and contiguous.
 ///
 /// With `beta == 0` the old contents of `C` are never read (NaNs in it do not leak).
@@ -101,16 +112,15 @@ pub fn portable_sgemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32]
     let out = OutPtr(c.as_mut_ptr());
     (0..len.div_ceil(panel)).into_par_iter().for_each(|p| {
         let (lo, hi) = (p * panel, ((p + 1) * panel).min(len));
-        let out = out;
         // SAFETY: panel p covers columns (or rows) lo..hi of C only; panels are disjoint
         // and all lie inside the m*n buffer checked above.
         unsafe {
             if split_n {
                 let bp = MatRef { data: &b.data[lo * b.cs..], cols: hi - lo, ..b };
-                kernel(alpha, a, bp, beta, out.0.add(lo), n);
+                kernel(alpha, a, bp, beta, out.at(lo), n);
             } else {
                 let ap = MatRef { data: &a.data[lo * a.rs..], rows: hi - lo, ..a };
-                kernel(alpha, ap, b, beta, out.0.add(lo * n), n);
+                kernel(alpha, ap, b, beta, out.at(lo * n), n);
             }
         }
     });

@@ -196,7 +196,7 @@ mod tests {
         sgd.step();
         assert_eq!(p.to_vec(), vec![1.0]);
         let q = param_with_grad(vec![0.0, 0.0], vec![3.0, 4.0]);
-        assert_eq!(clip_grad_norm(&[q.clone()], 1.0), 5.0);
+        assert_eq!(clip_grad_norm(std::slice::from_ref(&q), 1.0), 5.0);
         let g = q.grad().unwrap().to_vec();
         assert!((g[0] - 0.6).abs() < 1e-5 && (g[1] - 0.8).abs() < 1e-5);
     }

@@ -5,6 +5,7 @@
 //! `(L(x + eps) - L(x - eps)) / 2 eps`, element by element. They must agree within
 //! `atol + rtol * |numeric|`. Also: broadcast shapes, frozen inputs, and gradient
 //! accumulation over two backward passes.
+#![allow(clippy::cloned_ref_to_slice_refs)] // `&[x.clone()]` reads as the list of inputs it is
 
 use ulmfit_tensor::{no_grad, BatchNormStats, Result, Rng, Tensor};
 

@@ -48,8 +48,11 @@ pub struct TaskTexts {
     pub test: (Vec<String>, Vec<u32>),
 }
 
+/// A task's documents: train, valid (if the dataset has its own), test.
+type Splits = (Vec<Document>, Option<Vec<Document>>, Vec<Document>);
+
 /// Loads the configured task's documents: (train, valid if the dataset has one, test).
-fn task_documents(cfg: &DataConfig) -> Result<(Vec<Document>, Option<Vec<Document>>, Vec<Document>)> {
+fn task_documents(cfg: &DataConfig) -> Result<Splits> {
     let path = cfg.resolve(&cfg.task_path);
     Ok(match cfg.task {
         TaskKind::Trec => {

@@ -254,7 +254,7 @@ impl Unary {
             Unary::Relu => x.max(0.0),
             Unary::AddScalar(s) => x + s,
             Unary::Scale(s) => x * s,
-            Unary::Powf(p) if p == 2.0 => x * x,
+            Unary::Powf(2.0) => x * x,
             Unary::Powf(p) => x.powf(p),
         }
     }
@@ -270,7 +270,7 @@ impl Unary {
             Unary::Relu => (x > 0.0) as u8 as f32,
             Unary::AddScalar(_) => 1.0,
             Unary::Scale(s) => s,
-            Unary::Powf(p) if p == 2.0 => 2.0 * x,
+            Unary::Powf(2.0) => 2.0 * x,
             Unary::Powf(p) => p * x.powf(p - 1.0),
         }
     }

@@ -12,6 +12,7 @@ use crate::Tensor;
 use rayon::prelude::*;
 
 /// `C[M,N] (+)= op(A) · op(B)` for one matrix pair; `beta` 0 overwrites, 1 accumulates.
+#[allow(clippy::too_many_arguments)] // two operands with their shapes and transposition
 fn product(
     a: &[f32],
     a_rows: usize,

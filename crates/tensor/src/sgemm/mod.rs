@@ -267,7 +267,7 @@ impl Product<'_> {
                             b_panel.as_ptr(),
                             self.alpha,
                             beta,
-                            self.out.0.add(i * n + j),
+                            self.out.at(i * n + j),
                             n,
                         )
                     };
