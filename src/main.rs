@@ -17,7 +17,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Time the engine: `bench lstm`, `bench matmul`.
+    /// Time the engine: `bench lstm`, `bench lm-step`.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
     /// Show what the tokenizer does to a text file.
@@ -58,7 +58,23 @@ fn main() {
         Command::Predict(args) => cli::predict::predict(args),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", message(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes joined with ": ", leaving out a cause whose text the message
+/// already holds (several error types print their source themselves).
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }

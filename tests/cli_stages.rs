@@ -160,3 +160,54 @@ fn sigterm_saves_the_state_and_resume_finishes() {
     assert!(out.join("pretrain/model.safetensors").exists(), "the resumed stage wrote no model");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `predict` says what is wrong: no texts on stdin, or a language model where a classifier
+/// belongs (the fixtures need no data).
+#[test]
+fn predict_refuses_empty_input_and_language_models() {
+    use std::process::Stdio;
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let predict = |model: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ulmfit"))
+            .arg("predict")
+            .arg("--model")
+            .arg(model)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running ulmfit");
+        assert!(!out.status.success(), "predict on {} succeeded", model.display());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let e = predict(&fixtures.join("roundtrip/classifier"));
+    assert!(e.contains("no texts to classify in standard input"), "{e}");
+    let e = predict(&fixtures.join("parity/lm_export"));
+    assert!(e.contains("is not a classifier checkpoint") && e.contains("classes.txt"), "{e}");
+}
+
+/// The stage commands that read only the task do not fetch the pretraining corpus: `eval`
+/// with only TREC-6 in the data directory fails on its missing model, not on WikiText-2.
+#[test]
+fn task_only_commands_do_not_fetch_the_pretraining_corpus() {
+    let data = data_dir();
+    if !data.join("trec/train_5500.label").exists() {
+        println!("skip: no trec under {} (set ULMFIT_DATA)", data.display());
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ulmfit-cli-task-only-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::os::unix::fs::symlink(data.join("trec"), dir.join("data/trec")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ulmfit"))
+        .args(["eval", "configs/trec-cpu.toml", "--model"])
+        .arg(dir.join("no-model"))
+        .arg("--out")
+        .arg(dir.join("run"))
+        .env("ULMFIT_DATA", dir.join("data"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("running ulmfit");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("wikitext-2"), "{err}");
+    assert!(err.contains("no checkpoint at"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -23,7 +23,7 @@ pub struct PredictArgs {
     /// Texts to classify; none: one text per line of --file, or of standard input.
     texts: Vec<String>,
     /// Read one text per line from this file.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "texts")]
     file: Option<PathBuf>,
     /// Print one JSON object per text.
     #[arg(long)]
@@ -44,7 +44,13 @@ pub fn predict(a: PredictArgs) -> Result<()> {
             Some(f) => s = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
             None => _ = std::io::stdin().read_to_string(&mut s).context("reading standard input")?,
         }
-        s.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+        let from = a.file.as_ref().map_or("standard input".to_string(), |f| f.display().to_string());
+        let texts: Vec<String> = s.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+        anyhow::ensure!(
+            !texts.is_empty(),
+            "no texts to classify in {from} (give TEXT..., --file F, or lines on stdin)"
+        );
+        texts
     };
     let tok = Tokenizer::new();
     let mut rng = Rng::new(0);

@@ -45,9 +45,10 @@ pub struct VocabArgs {
 /// Arguments of `ulmfit download`.
 #[derive(Args)]
 pub struct DownloadArgs {
-    /// Destination directory.
-    #[arg(long, default_value = "data")]
-    pub dest: PathBuf,
+    /// Destination directory (default: where the configs read data: `$ULMFIT_DATA`, else
+    /// `../shared/data`).
+    #[arg(long)]
+    pub dest: Option<PathBuf>,
     /// Mirror laid out like shared/data (default: the canonical upstream addresses).
     #[arg(long)]
     pub base_url: Option<String>,
@@ -93,7 +94,8 @@ pub fn vocab(args: VocabArgs) -> anyhow::Result<()> {
 
 /// Runs `ulmfit download`.
 pub fn download(args: DownloadArgs) -> anyhow::Result<()> {
-    let got = pipeline::download_with_progress(&args.dest, args.base_url.as_deref(), args.only.as_deref())?;
+    let dest = args.dest.unwrap_or_else(|| ulmfit_trainer::config::DataConfig::default().root_dir());
+    let got = pipeline::download_with_progress(&dest, args.base_url.as_deref(), args.only.as_deref())?;
     for o in got {
         match o {
             ulmfit_text::download::Outcome::Downloaded(p) => {

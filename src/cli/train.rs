@@ -32,9 +32,21 @@ pub struct CommonArgs {
     tf32: bool,
 }
 
+/// The datasets a command reads.
+#[derive(Clone, Copy, PartialEq)]
+enum Reads {
+    /// The pretraining corpus and the task (`run`).
+    Both,
+    /// The pretraining corpus only (`pretrain`).
+    Corpus,
+    /// The task only (`finetune-lm`, `train-classifier`, `eval`).
+    Task,
+}
+
 impl CommonArgs {
-    /// The config with the command line's overrides, its datasets fetched if missing.
-    fn config(&self) -> Result<Config> {
+    /// The config with the command line's overrides, the datasets the command `reads`
+    /// fetched if missing.
+    fn config(&self, reads: Reads) -> Result<Config> {
         let mut cfg = Config::load(&self.config)?;
         if let Some(s) = self.seed {
             cfg.run.seed = s;
@@ -49,7 +61,7 @@ impl CommonArgs {
             Some(other) => bail!("--device {other:?}: expected cpu or cuda"),
         }
         cfg.run.tf32 |= self.tf32;
-        fetch_missing(&mut cfg)?;
+        fetch_missing(&mut cfg, reads)?;
         Ok(cfg)
     }
 }
@@ -143,28 +155,28 @@ fn report(r: Result<RunResults>, out: &std::path::Path) -> Result<()> {
 
 /// `ulmfit run`: the whole pipeline.
 pub fn run(a: RunArgs) -> Result<()> {
-    let cfg = a.common.config()?;
+    let cfg = a.common.config(Reads::Both)?;
     let opts = RunOptions { compare_scratch: a.compare_scratch, resume: a.resume };
     report(pipeline::run_with(&cfg, &opts, &control()?), &cfg.run.out_dir)
 }
 
 /// `ulmfit pretrain`: the LM on the general corpus, to OUT/pretrain.
 pub fn pretrain(a: PretrainArgs) -> Result<()> {
-    let cfg = a.common.config()?;
+    let cfg = a.common.config(Reads::Corpus)?;
     let opts = RunOptions { resume: a.resume, ..RunOptions::default() };
     report(pipeline::pretrain(&cfg, &opts, &control()?), &cfg.run.out_dir)
 }
 
 /// `ulmfit finetune-lm`: the LM fine-tuned on the task's text, to OUT/finetune.
 pub fn finetune_lm(a: StageArgs) -> Result<()> {
-    let cfg = a.common.config()?;
+    let cfg = a.common.config(Reads::Task)?;
     let opts = RunOptions { resume: a.resume, ..RunOptions::default() };
     report(pipeline::finetune_lm(&cfg, a.from.as_deref(), &opts, &control()?), &cfg.run.out_dir)
 }
 
 /// `ulmfit train-classifier`: the classifier with gradual unfreezing, to OUT/classifier.
 pub fn train_classifier(a: StageArgs) -> Result<()> {
-    let cfg = a.common.config()?;
+    let cfg = a.common.config(Reads::Task)?;
     let opts = RunOptions { resume: a.resume, ..RunOptions::default() };
     report(pipeline::train_classifier(&cfg, a.from.as_deref(), &opts, &control()?), &cfg.run.out_dir)
 }
@@ -172,7 +184,7 @@ pub fn train_classifier(a: StageArgs) -> Result<()> {
 /// `ulmfit eval`: a classifier's (or an average of classifiers') test error on the config's
 /// task.
 pub fn eval(a: EvalArgs) -> Result<()> {
-    let cfg = a.common.config()?;
+    let cfg = a.common.config(Reads::Task)?;
     let mut dirs = a.model;
     if dirs.is_empty() {
         dirs.push(cfg.run.out_dir.join(pipeline::CLASSIFIER_DIR));
@@ -193,16 +205,17 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// Downloads the public datasets the config needs but the data directory lacks (from
-/// their canonical addresses, checked by SHA-256).
-fn fetch_missing(cfg: &mut Config) -> Result<()> {
+/// Downloads the public datasets the command `reads` but the data directory lacks (from
+/// the addresses in `ulmfit_text::download`, checked by SHA-256).
+fn fetch_missing(cfg: &mut Config, reads: Reads) -> Result<()> {
     use ulmfit_trainer::config::TaskKind;
     let d = &cfg.data;
     let mut wanted = Vec::new();
-    if !d.resolve(&d.lm_train).exists() && d.lm_train.starts_with("wikitext-2") {
+    if reads != Reads::Task && !d.resolve(&d.lm_train).exists() && d.lm_train.starts_with("wikitext-2") {
         wanted.push("wikitext-2");
     }
     match d.task {
+        _ if reads == Reads::Corpus => {}
         TaskKind::Trec if !d.resolve(&d.task_path).join("train_5500.label").exists() => wanted.push("trec"),
         TaskKind::Imdb if !d.resolve(&d.task_path).exists() => wanted.push("imdb"),
         _ => {}

@@ -35,7 +35,7 @@ pub enum CheckpointError {
     #[error("{path}: corrupt checkpoint file: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     /// Neither `DIR` nor `DIR.old` exists.
-    #[error("no checkpoint at {0} (nor a previous one at .old)")]
+    #[error("no checkpoint at {0}: no such directory (nor a previous copy beside it, ending in .old); a checkpoint directory holds model.safetensors, vocab.txt and config.toml")]
     Missing(PathBuf),
     /// The caller asked to save something a checkpoint cannot hold.
     #[error("cannot save checkpoint {path}: {reason}")]

@@ -119,6 +119,12 @@ pub struct SavedClassifier {
 pub fn load_classifier(cfg: &Config, dir: &Path) -> Result<SavedClassifier> {
     let (ck, vocab) = read(dir, "classifier")?;
     let path = ck.path.join(CLASSES);
+    ensure!(
+        path.exists(),
+        "{} is not a classifier checkpoint (it has no {CLASSES}; a language model's, perhaps): give a classifier \
+         directory such as OUT/classifier",
+        ck.path.display()
+    );
     let classes: Vec<String> = std::fs::read_to_string(&path)
         .with_context(|| format!("reading the class names {}", path.display()))?
         .lines()
