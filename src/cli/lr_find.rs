@@ -1,11 +1,11 @@
 //! `ulmfit lr-find CONFIG`: fastai's LR range test on the config's pretraining stage; draws
-//! the smoothed loss against the LR and prints the suggested LR.
+//! the smoothed loss against the LR and prints the suggested LR. It runs on the CPU.
 
 use std::path::PathBuf;
 
 use anyhow::{ensure, Result};
 use clap::Args;
-use ulmfit_trainer::config::Config;
+use ulmfit_trainer::config::{Config, DeviceKind};
 use ulmfit_trainer::lr_find::lr_find;
 
 /// `ulmfit lr-find` options.
@@ -24,7 +24,12 @@ pub struct LrFindArgs {
 /// Runs the range test and prints the suggested LR.
 pub fn run(a: LrFindArgs) -> Result<()> {
     ensure!(a.steps >= 2, "--steps {}: need at least 2", a.steps);
+    let dir = a.out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    ensure!(dir.is_dir(), "--out {}: the directory {} does not exist", a.out.display(), dir.display());
     let cfg = Config::load(&a.config)?;
+    if cfg.run.device != DeviceKind::Cpu {
+        eprintln!("lr-find runs on the CPU (the config's run.device is not used)");
+    }
     let finder = lr_find(&cfg, a.steps, &a.out)?;
     println!("{} steps tried, plot written to {}", finder.history.len(), a.out.display());
     match finder.suggest() {
