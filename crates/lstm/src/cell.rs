@@ -3,7 +3,7 @@
 //! Gate order i, f, g, o. Each kernel walks rows `b` of the batch and hidden units `j` in
 //! vectors of `V::N` lanes, finishing each row with the scalar (`f32`) instance of the same
 //! generic body. Checked against `reference.rs` through the layer tests, and every ISA
-//! against the scalar path by the tests at the bottom of this file.
+//! against the scalar path (`simd_paths_match_scalar_path` in tests/fused.rs).
 
 use std::marker::PhantomData;
 
@@ -35,9 +35,18 @@ impl Isa {
         Isa::Scalar
     }
 
-    /// Whether this CPU can run `self`.
+    /// Whether this CPU can run `self`: each ISA's own features, checked one by one (an
+    /// AVX-512F CPU need not have AVX2 and FMA).
     pub fn available(self) -> bool {
-        self == Isa::Scalar || Isa::detect() == Isa::Avx512 || Isa::detect() == self
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx2 | Isa::Avx512 => false,
+        }
     }
 }
 
@@ -293,5 +302,25 @@ pub fn run<S: CellStep>(isa: Isa, s: &mut S, rows: usize, hn: usize) {
             #[allow(unreachable_patterns)]
             _ => unreachable!("available() admits only Scalar off x86_64"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Isa;
+
+    /// `available` asks for each ISA's own features: AVX2 needs avx2 and fma even on an
+    /// AVX-512F CPU; `detect` picks only an available ISA.
+    #[test]
+    fn each_isa_is_available_exactly_when_the_cpu_has_its_features() {
+        #[cfg(target_arch = "x86_64")]
+        let (avx2, avx512) =
+            (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"), is_x86_feature_detected!("avx512f"));
+        #[cfg(not(target_arch = "x86_64"))]
+        let (avx2, avx512) = (false, false);
+        for (isa, want) in [(Isa::Scalar, true), (Isa::Avx2, avx2), (Isa::Avx512, avx512)] {
+            assert_eq!(isa.available(), want, "{isa:?}.available() disagrees with the CPU's features");
+        }
+        assert!(Isa::detect().available(), "detect() picked {:?}, which is not available", Isa::detect());
     }
 }

@@ -45,8 +45,10 @@ impl Drop for Saved {
 }
 
 /// Runs the layer over `x` [T, B, I] from state `h0`, `c0` [B, H].
+/// Panics when H = 0 (the loops split buffers into H-wide rows; `op::lstm` returns an error).
 pub fn forward(d: LstmDims, p: &LstmParams, x: &[f32], h0: &[f32], c0: &[f32], isa: Isa) -> (LstmOutput, Saved) {
     d.check(p, x, h0, c0);
+    assert!(d.h > 0, "lstm forward {d:?}: hidden size H must be at least 1");
     let (tn, bn, inp, hn) = (d.t, d.b, d.i, d.h);
     let (g4, bh) = (4 * hn, bn * hn);
     let bias: Vec<f32> = p.b_ih.iter().zip(p.b_hh).map(|(a, b)| a + b).collect();
@@ -104,6 +106,7 @@ pub fn backward(
     isa: Isa,
 ) -> LstmGrads {
     d.check(p, x, h0, c0);
+    assert!(d.h > 0, "lstm backward {d:?}: hidden size H must be at least 1");
     let (tn, bn, inp, hn) = (d.t, d.b, d.i, d.h);
     let (g4, bh, rows) = (4 * hn, bn * hn, d.t * d.b);
     let lens = [

@@ -38,7 +38,8 @@ fn bad(msg: String) -> Error {
 }
 
 /// Runs one LSTM layer over `x` [T, B, I] from `h0`, `c0` [B, H], with DropConnect on
-/// `w_hh` when `drop` is given (one mask for the whole sequence).
+/// `w_hh` when `drop` is given (one mask for the whole sequence). T, B and I may be 0; H = 0
+/// or shapes that disagree are an error.
 #[allow(clippy::too_many_arguments)] // one argument per graph input, in the op's input order
 pub fn lstm(
     x: &Tensor,
@@ -54,6 +55,14 @@ pub fn lstm(
         return Err(bad(format!("x must be [T, B, I], got shape {:?}", x.shape())));
     };
     let h = w_hh.shape().last().copied().unwrap_or(0);
+    if h == 0 {
+        // The fused loops split [.., H] buffers into H-wide rows: they need H >= 1.
+        return Err(bad(format!(
+            "hidden size H must be at least 1, got w_hh {:?} for x {:?}",
+            w_hh.shape(),
+            x.shape()
+        )));
+    }
     let d = LstmDims { t, b, i, h };
     let want = [
         ("w_ih", w_ih, vec![4 * h, i]),

@@ -30,8 +30,8 @@ pub trait Lanes: Copy {
     fn div(self, o: Self) -> Self;
     /// `self * b + c` (fused where the ISA has FMA).
     fn fma(self, b: Self, c: Self) -> Self;
-    fn min(self, o: Self) -> Self;
-    fn max(self, o: Self) -> Self;
+    /// `self` limited to `[lo, hi]` lane by lane; a NaN lane stays NaN (lo, hi are never NaN).
+    fn clamp(self, lo: Self, hi: Self) -> Self;
     /// Round to nearest integer (ties to even), kept as float.
     fn round(self) -> Self;
     /// `2^n` for integral `n` in [-126, 127].
@@ -64,11 +64,13 @@ impl Lanes for f32 {
     fn fma(self, b: Self, c: Self) -> Self {
         self * b + c
     }
-    fn min(self, o: Self) -> Self {
-        f32::min(self, o)
-    }
-    fn max(self, o: Self) -> Self {
-        f32::max(self, o)
+    fn clamp(self, lo: Self, hi: Self) -> Self {
+        // f32::max / f32::min return the other operand for NaN: test it explicitly.
+        if self.is_nan() {
+            self
+        } else {
+            f32::max(self, lo).min(hi)
+        }
     }
     fn round(self) -> Self {
         self.round_ties_even()
@@ -123,13 +125,10 @@ macro_rules! x86_lanes {
             fn fma(self, b: Self, c: Self) -> Self {
                 unsafe { $name($fma(self.0, b.0, c.0)) }
             }
+            /// x86 min / max return their SECOND operand when either is NaN, so `self` goes second.
             #[inline(always)]
-            fn min(self, o: Self) -> Self {
-                unsafe { $name($min(self.0, o.0)) }
-            }
-            #[inline(always)]
-            fn max(self, o: Self) -> Self {
-                unsafe { $name($max(self.0, o.0)) }
+            fn clamp(self, lo: Self, hi: Self) -> Self {
+                unsafe { $name($min(hi.0, $max(lo.0, self.0))) }
             }
             #[inline(always)]
             fn round(self) -> Self {
@@ -198,10 +197,11 @@ x86_lanes!(
 );
 
 /// `e^x` by range reduction `x = n ln2 + r` and Cephes' degree-6 polynomial for `e^r`.
-/// Inputs are clamped to [-87.3, 88.3], so the result never overflows or goes subnormal.
+/// Inputs are clamped to [-87.3, 88.3], so the result never overflows or goes subnormal;
+/// NaN gives NaN.
 #[inline(always)]
 pub fn exp<V: Lanes>(x: V) -> V {
-    let x = x.max(V::splat(-87.3)).min(V::splat(88.3));
+    let x = x.clamp(V::splat(-87.3), V::splat(88.3));
     let n = x.mul(V::splat(std::f32::consts::LOG2_E)).round();
     // r = x - n ln2, with ln2 split in a high part exact in f32 and a low correction
     let r = n.fma(V::splat(-0.693_359_4), x);
@@ -222,10 +222,10 @@ pub fn sigmoid<V: Lanes>(x: V) -> V {
 }
 
 /// `tanh(x)` as Eigen's odd rational approximation `x P(x^2) / Q(x^2)` on [-7.9, 7.9]
-/// (beyond it tanh is 1 in f32).
+/// (beyond it tanh is 1 in f32); NaN gives NaN.
 #[inline(always)]
 pub fn tanh<V: Lanes>(x: V) -> V {
-    let x = x.max(V::splat(-7.905_311)).min(V::splat(7.905_311));
+    let x = x.clamp(V::splat(-7.905_311), V::splat(7.905_311));
     let x2 = x.mul(x);
     let mut p = V::splat(-2.760_768_5e-16);
     for c in [2.000_188e-13, -8.604_672e-11, 5.122_297e-8, 1.485_722_4e-5, 6.372_619_3e-4, 4.893_524_6e-3] {
@@ -288,6 +288,29 @@ mod tests {
         }
         if checked < 2 {
             println!("skipping {} vector width(s): host lacks the feature", 2 - checked);
+        }
+    }
+
+    /// A NaN input gives NaN from exp, sigmoid and tanh at every width (the clamps keep it).
+    #[test]
+    fn activations_propagate_nan() {
+        let xs = [f32::NAN; 16];
+        let mut widths: Vec<(&str, Vec<[f32; 3]>)> =
+            vec![("scalar", xs.iter().map(|&x| [exp(x), sigmoid(x), tanh(x)]).collect())];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                // SAFETY: features detected above.
+                widths.push(("avx2", unsafe { eval_avx2(&xs) }));
+            }
+            if is_x86_feature_detected!("avx512f") {
+                // SAFETY: feature detected above.
+                widths.push(("avx512", unsafe { eval_avx512(&xs) }));
+            }
+        }
+        for (isa, got) in widths {
+            let bad = got.iter().flatten().position(|v| !v.is_nan());
+            assert!(bad.is_none(), "{isa}: exp/sigmoid/tanh of NaN is finite at flat index {bad:?}: {got:?}");
         }
     }
 

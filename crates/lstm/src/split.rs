@@ -37,13 +37,15 @@ const L2_WEIGHTS: usize = 832 << 10;
 /// step takes tens of microseconds; this is a few).
 const SPINS: u32 = 1 << 12;
 
-/// Whether the split loops run for B rows, I inputs, H units: AVX-512, below the batched
-/// loops' sizes, and each thread's packed W_ih and W_hh fit `L2_WEIGHTS`.
+/// Whether the split loops run for B rows, I inputs, H units: AVX-512 asked for and present
+/// on this CPU (the kernels use it unchecked), below the batched loops' sizes, and each
+/// thread's packed W_ih and W_hh fit `L2_WEIGHTS`.
 pub fn pays((bn, inp, hn): (usize, usize, usize), isa: Isa) -> bool {
     let threads = rayon::current_num_threads().clamp(1, hn.div_ceil(GROUP).max(1));
     let bytes = 4 * 4 * hn.next_multiple_of(UNITS) * (inp + hn) / threads;
     cfg!(target_arch = "x86_64")
         && isa == Isa::Avx512
+        && isa.available()
         && !batched::pays(bn, hn, isa)
         && threads > 1
         && bytes <= L2_WEIGHTS
@@ -92,16 +94,32 @@ struct Slot {
     arrived: AtomicBool,
 }
 
+/// Sets its flag when dropped during a panic: marks the steps as abandoned.
+struct PoisonOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for PoisonOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+}
+
 /// Runs `step(part, s)` for every part and `s` in `0..steps`, where step s of any part may
 /// start once step s-1 of every part has finished. Thread w runs part w; parts whose
-/// thread has not arrived are run by the others.
+/// thread has not arrived are run by the others. A panicking step stops every thread (none
+/// waits for a step that will never finish) and the panic reaches the caller.
 fn run_steps(parts: usize, steps: usize, step: &(dyn Fn(usize, usize) + Sync)) {
     let slots: Vec<Slot> = (0..parts).map(|_| Slot::default()).collect();
+    let poisoned = AtomicBool::new(false);
     let ready = |s: usize| slots.iter().all(|o| o.done.load(Ordering::Acquire) >= s);
     let work = |w: usize| {
         slots[w].arrived.store(true, Ordering::Relaxed);
         let mut idle = 0u32;
         loop {
+            if poisoned.load(Ordering::Acquire) {
+                return; // a step panicked; rayon::scope re-raises it
+            }
             let (mut open, mut ran) = (false, false);
             for q in (w..parts).chain(0..w) {
                 let slot = &slots[q];
@@ -114,7 +132,9 @@ fn run_steps(parts: usize, steps: usize, step: &(dyn Fn(usize, usize) + Sync)) {
                 }
                 open = true;
                 if ready(s) && slot.next.compare_exchange(s, s + 1, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                    let guard = PoisonOnPanic(&poisoned);
                     step(q, s);
+                    drop(guard);
                     slot.done.store(s + 1, Ordering::Release);
                     ran = true;
                     break;
@@ -170,7 +190,7 @@ pub fn forward(
         let blocks = parts[q].clone();
         // SAFETY: every view lies inside its buffer ([T, B, 4H], [T, B, H], packed sizes
         // above); part q writes only its blocks' units, and reads the other parts' h_{t-1}
-        // after `run_steps` saw step t-1 finish. AVX-512 was checked by `pays`.
+        // after `run_steps` saw step t-1 finish. `pays` checked that the CPU has AVX-512.
         #[cfg(target_arch = "x86_64")]
         unsafe {
             if t == 0 {
@@ -225,7 +245,8 @@ pub fn backward(
     let step = |q: usize, s: usize| {
         let blocks = parts[q].clone();
         // SAFETY: as in `forward`: views inside their buffers, part q writes only its units
-        // (of dz_t, dh, dc), and reads dz_{t+1} of all units after every part finished it.
+        // (of dz_t, dh, dc), and reads dz_{t+1} of all units after every part finished it;
+        // `pays` checked that the CPU has AVX-512.
         #[cfg(target_arch = "x86_64")]
         unsafe {
             if s == 0 {
@@ -279,6 +300,47 @@ mod tests {
             assert!(pays((d.b, d.i, d.h), Isa::Avx512), "the test shape {d:?} must take the split loops");
             check_layer(d, Isa::Avx512);
         }
+    }
+
+    /// A step that panics (part 1, step 2) makes `run_steps` panic instead of leaving the
+    /// other threads waiting for it forever; a watchdog fails the test if it hangs.
+    #[test]
+    fn a_panicking_step_propagates_instead_of_hanging() {
+        for (threads, parts) in [(1, 2), (2, 2), (2, 3)] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a rayon pool");
+                let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    pool.install(|| {
+                        run_steps(parts, 5, &|q, s| {
+                            if (q, s) == (1, 2) {
+                                panic!("deliberate panic in part 1, step 2");
+                            }
+                        })
+                    })
+                }));
+                let _ = tx.send(caught.is_err());
+            });
+            match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+                Ok(panicked) => assert!(panicked, "{threads} threads, {parts} parts: the step's panic was swallowed"),
+                Err(_) => panic!("{threads} threads, {parts} parts: run_steps hung after a step panicked"),
+            }
+        }
+    }
+
+    /// The split loops run AVX-512 kernels unchecked, so `pays` is true only where the CPU has
+    /// AVX-512 (and for no other ISA), whatever ISA the caller of `layer::forward` names.
+    #[test]
+    fn pays_only_where_the_cpu_has_avx512() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a rayon pool");
+        let shape = (13, 20, 200); // the split test's shape: pays on an AVX-512 CPU
+        pool.install(|| {
+            let have = cfg!(target_arch = "x86_64") && Isa::Avx512.available();
+            assert_eq!(pays(shape, Isa::Avx512), have, "pays({shape:?}, Avx512) with AVX-512 present: {have}");
+            for isa in [Isa::Scalar, Isa::Avx2] {
+                assert!(!pays(shape, isa), "pays({shape:?}, {isa:?}) must be false");
+            }
+        });
     }
 
     /// Every step starts only after the previous step of every part finished, each part's

@@ -28,10 +28,15 @@ pub struct LayerWeights {
 }
 
 impl LayerWeights {
-    /// PyTorch's default init: every weight uniform in [-1/sqrt(H), 1/sqrt(H)).
+    /// PyTorch's default init: every weight uniform in [-1/sqrt(H), 1/sqrt(H)). Each tensor
+    /// draws from its own stream, a hash of (`seed`, tensor), so layers seeded `seed + l`
+    /// share no stream.
     pub fn init(i: usize, h: usize, seed: u64) -> Self {
         let k = 1.0 / (h as f32).sqrt();
-        let u = |salt: u64, n: usize| -> Vec<f32> { (0..n).map(|j| (unit(seed ^ salt, j) * 2.0 - 1.0) * k).collect() };
+        let u = |tensor: u64, n: usize| -> Vec<f32> {
+            let stream = mix(mix(seed) ^ tensor);
+            (0..n).map(|j| (unit(stream, j) * 2.0 - 1.0) * k).collect()
+        };
         LayerWeights { i, h, w_ih: u(1, 4 * h * i), w_hh: u(2, 4 * h * h), b_ih: u(3, 4 * h), b_hh: u(4, 4 * h) }
     }
 
@@ -41,12 +46,17 @@ impl LayerWeights {
     }
 }
 
-/// A number in [0, 1) that depends only on (`seed`, `index`) (splitmix64 finaliser).
+/// A number in [0, 1) that depends only on (`seed`, `index`).
 fn unit(seed: u64, index: usize) -> f32 {
-    let mut z = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (index as u64).wrapping_add(0x632B_E59B_D9B4_E019);
+    let z = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (index as u64).wrapping_add(0x632B_E59B_D9B4_E019);
+    (mix(z) >> 40) as f32 / (1u64 << 24) as f32
+}
+
+/// splitmix64's finaliser: a bijection of u64 that scatters every input bit.
+fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
+    z ^ (z >> 31)
 }
 
 /// DropConnect on W_hh: one mask per forward, drawn from (`seed`, element index), so the

@@ -134,3 +134,38 @@ fn backward_repeats_bit_for_bit() {
         assert!(bad.is_none(), "{name} differs between two identical runs at index {bad:?}");
     }
 }
+
+/// A NaN in x or in W_hh reaches y, h_n and c_n at exactly the reference's positions, on every
+/// ISA and time-loop variant (row blocks at H=17; split at H=130 and batched at H=513, B=17 on
+/// AVX-512): the activations' clamps must not turn NaN into a finite gate.
+#[test]
+fn nan_in_x_or_w_hh_propagates_like_reference() {
+    let nan_mask = |v: &[f32]| v.iter().map(|x| x.is_nan()).collect::<Vec<_>>();
+    for (n, &(t, b, i, h)) in [(3, 2, 5, 17), (2, 3, 7, 130), (2, 17, 6, 513)].iter().enumerate() {
+        for field in ["x", "w_hh"] {
+            let mut cs = Case::new(t, b, i, h, 80 + n as u64);
+            match field {
+                "x" => cs.x[i + 1] = f32::NAN, // step 0, row 1
+                _ => cs.w_hh[3 * h + 2] = f32::NAN,
+            }
+            let p = cs.params();
+            let want = reference::forward(cs.d, &p, &cs.x, &cs.h0, &cs.c0);
+            assert!(want.y.iter().any(|v| v.is_nan()), "{:?}: the reference must give NaN", cs.d);
+            for isa in isas() {
+                let (out, _) = layer::forward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, isa);
+                for (name, got, want) in
+                    [("y", &out.y, &want.y), ("h_n", &out.h_n, &want.h_n), ("c_n", &out.c_n, &want.c_n)]
+                {
+                    let (g, w) = (nan_mask(got), nan_mask(want));
+                    let bad = g.iter().zip(&w).position(|(a, b)| a != b);
+                    assert!(
+                        bad.is_none(),
+                        "{:?} {isa:?} NaN in {field}: {name} NaN pattern differs from the reference; first index {bad:?} (got NaN: {:?})",
+                        cs.d,
+                        bad.map(|k| g[k])
+                    );
+                }
+            }
+        }
+    }
+}

@@ -89,3 +89,25 @@ fn backward_twice_is_an_error_not_a_panic() -> Result<()> {
     assert!(err.to_string().contains("twice"), "unexpected error: {err}");
     Ok(())
 }
+
+/// H = 0 is an error naming the op and the shapes (the fused loops would panic on it);
+/// T = 0, B = 0 and I = 0 run forward and backward.
+#[test]
+fn zero_sizes_give_an_error_or_run() -> Result<()> {
+    for (t, b, i, h) in [(2, 2, 3, 0), (2, 2, 0, 0), (0, 0, 0, 0)] {
+        let p = leaves(&Case::new(t, b, i, h, 90));
+        let err = match op::lstm(&p[0], &p[1], &p[2], &p[3], &p[4], &p[5], &p[6], None) {
+            Ok(_) => panic!("H = 0 with x [{t}, {b}, {i}] must be an error"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("lstm") && err.contains("H must be"), "unexpected error for H = 0: {err}");
+    }
+    for (t, b, i, h) in [(0, 2, 3, 4), (2, 0, 3, 4), (2, 2, 0, 4), (2, 3, 0, 130)] {
+        let p = leaves(&Case::new(t, b, i, h, 91));
+        let out = op::lstm(&p[0], &p[1], &p[2], &p[3], &p[4], &p[5], &p[6], None)?;
+        out.y.sum_all()?.backward()?;
+        let dw = p[1].grad().expect("w_ih grad");
+        assert_eq!(dw.shape(), &[4 * h, i], "x [{t}, {b}, {i}], H = {h}: dw_ih shape");
+    }
+    Ok(())
+}
