@@ -11,7 +11,6 @@ use ulmfit_cuda::clas::chunks::{place, Place, Schedule, PAD};
 use ulmfit_cuda::clas::kernels::{CLAS_CU, CLAS_CU_NAME, NAMES};
 use ulmfit_cuda::clas::params::{Layout, ALIGN};
 use ulmfit_cuda::clas::{ClasConfig, ClasDropouts, ClasWeights};
-use ulmfit_cuda::device::compile_cached;
 use ulmfit_cuda::plan::{backward_plan, forward_plan, Buf, Step};
 
 fn cfg() -> ClasConfig {
@@ -229,13 +228,5 @@ fn every_plan_operand_of_every_chunk_is_inside_its_buffer() {
 
 #[test]
 fn clas_kernels_compile_with_nvrtc() {
-    if !common::nvrtc_or_skip("classifier kernel compile check") {
-        return;
-    }
-    let ptx = compile_cached(CLAS_CU_NAME, CLAS_CU, "compute_90").unwrap_or_else(|e| panic!("{e}"));
-    let text = ptx.to_src();
-    for name in NAMES {
-        assert!(text.contains(&format!(".entry {name}(")), "PTX lacks kernel {name}");
-    }
-    println!("{CLAS_CU_NAME} -> {} bytes of PTX, {} kernels", text.len(), NAMES.len());
+    common::compiles_with_every_kernel(CLAS_CU_NAME, CLAS_CU, &NAMES);
 }

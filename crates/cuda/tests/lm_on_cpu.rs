@@ -5,7 +5,6 @@
 
 mod common;
 
-use ulmfit_cuda::device::compile_cached;
 use ulmfit_cuda::lm::kernels::{LM_CU, LM_CU_NAME, NAMES};
 use ulmfit_cuda::lm::mask::{mask_key, scales, unit, Mask};
 use ulmfit_cuda::lm::reference::{clip_factor, forward_backward, zero_state};
@@ -13,15 +12,7 @@ use ulmfit_cuda::lm::{Dropouts, LmConfig, LmWeights};
 
 #[test]
 fn lm_kernels_compile_with_nvrtc() {
-    if !common::nvrtc_or_skip("LM kernel compile check") {
-        return;
-    }
-    let ptx = compile_cached(LM_CU_NAME, LM_CU, "compute_90").unwrap_or_else(|e| panic!("{e}"));
-    let text = ptx.to_src();
-    for name in NAMES {
-        assert!(text.contains(&format!(".entry {name}(")), "PTX lacks kernel {name}");
-    }
-    println!("{LM_CU_NAME} -> {} bytes of PTX, {} kernels", text.len(), NAMES.len());
+    common::compiles_with_every_kernel(LM_CU_NAME, LM_CU, &NAMES);
 }
 
 #[test]

@@ -92,15 +92,21 @@ pub fn gpu_lock() -> std::sync::MutexGuard<'static, ()> {
     GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// True where libnvrtc loads (kernels can be compiled without a GPU); prints a skip line
-/// naming `what` otherwise.
-pub fn nvrtc_or_skip(what: &str) -> bool {
+/// Compiles kernel source `src` (named `file`) with NVRTC for compute_90 and checks that the
+/// PTX has an entry for each of `names`; prints a skip line where libnvrtc does not load.
+pub fn compiles_with_every_kernel(file: &'static str, src: &'static str, names: &[&str]) {
     let found = ["libnvrtc.so.13", "libnvrtc.so"].iter().any(|&lib| {
         // SAFETY: loading libnvrtc runs only its initialisers; it is closed right away.
         unsafe { libloading::Library::new(lib) }.is_ok()
     });
     if !found {
-        println!("skip: libnvrtc not found ({what})");
+        println!("skip: libnvrtc not found (compile check of {file})");
+        return;
     }
-    found
+    let ptx = ulmfit_cuda::device::compile_cached(file, src, "compute_90").unwrap_or_else(|e| panic!("{e}"));
+    let text = ptx.to_src();
+    for name in names {
+        assert!(text.contains(&format!(".entry {name}(")), "{file}: PTX lacks kernel {name}");
+    }
+    println!("{file} -> {} bytes of PTX, {} kernels", text.len(), names.len());
 }
