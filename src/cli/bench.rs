@@ -7,7 +7,9 @@
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Result};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
+
+use super::Device;
 use ulmfit_lstm::{layer, reference, Isa, LstmDims, LstmStack};
 
 /// Benchmarks.
@@ -34,6 +36,7 @@ pub struct LmStepArgs {
     /// Timed steps (the median is reported).
     #[arg(long, default_value_t = 3)]
     steps: usize,
+    /// Where it runs.
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
     /// Allow TF32 tensor-core math (CUDA only).
@@ -42,13 +45,6 @@ pub struct LmStepArgs {
     /// Print one JSON object instead of a line.
     #[arg(long)]
     json: bool,
-}
-
-/// Where a benchmark runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Device {
-    Cpu,
-    Cuda,
 }
 
 /// `ulmfit bench lstm` options.
@@ -72,6 +68,7 @@ pub struct LstmArgs {
     /// Sequence length T.
     #[arg(long, default_value_t = 70)]
     seq: usize,
+    /// Where it runs.
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
     /// Allow TF32 tensor-core math (CUDA only).

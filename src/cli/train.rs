@@ -7,11 +7,13 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use ulmfit_trainer::config::{Config, DeviceKind};
 use ulmfit_trainer::control::{Interrupted, RunControl};
 use ulmfit_trainer::pipeline::{self, RunOptions, RunResults};
+
+use super::Device;
 
 /// Options every training command takes.
 #[derive(Args)]
@@ -24,9 +26,9 @@ pub struct CommonArgs {
     /// Override `run.out_dir`.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Override `run.device` (cpu or cuda).
-    #[arg(long)]
-    device: Option<String>,
+    /// Override `run.device`.
+    #[arg(long, value_enum)]
+    device: Option<Device>,
     /// Let cuBLAS use TF32 tensor cores on CUDA (sets `run.tf32`).
     #[arg(long)]
     tf32: bool,
@@ -54,11 +56,10 @@ impl CommonArgs {
         if let Some(o) = &self.out {
             cfg.run.out_dir = o.clone();
         }
-        match self.device.as_deref() {
+        match self.device {
             None => {}
-            Some("cpu") => cfg.run.device = DeviceKind::Cpu,
-            Some("cuda") => cfg.run.device = DeviceKind::Cuda,
-            Some(other) => bail!("--device {other:?}: expected cpu or cuda"),
+            Some(Device::Cpu) => cfg.run.device = DeviceKind::Cpu,
+            Some(Device::Cuda) => cfg.run.device = DeviceKind::Cuda,
         }
         cfg.run.tf32 |= self.tf32;
         fetch_missing(&mut cfg, reads)?;
