@@ -1,8 +1,8 @@
 //! The training commands: `ulmfit run CONFIG` (the whole pipeline from one TOML file) and the
 //! stages one at a time, `pretrain`, `finetune-lm`, `train-classifier`, `eval`. Each writes
-//! the same checkpoint directories under `run.out_dir` as `run`. Ctrl-C stops training at the
-//! next step boundary with the state saved (a second Ctrl-C exits at once); `--resume`
-//! continues from there.
+//! the same checkpoint directories under `run.out_dir` as `run`. Ctrl-C or SIGTERM stops
+//! training at the next step boundary with the state saved (a second one exits at once);
+//! `--resume` continues from there.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
