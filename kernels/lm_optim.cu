@@ -48,8 +48,8 @@ extern "C" __global__ void lm_clip_scale(float* __restrict__ clip, const float* 
     }
 }
 
-// lm_adam: Adam with decoupled weight decay (AdamW) on one group, t = step[0] - step_offset;
-// nothing for a frozen group:
+// lm_adam: Adam with decoupled weight decay (AdamW) on a part of one group, t = step[0] -
+// step_offset; nothing for a frozen group; wd taken as 0 unless `do_wd` (fastai's name):
 //   g = grad * clip[1];  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
 //   w = w (1 - lr wd) - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 //   w, grad, m, v [n]   clip [2]   hyper [8] (the group's slot)
@@ -57,9 +57,9 @@ extern "C" __global__ void lm_clip_scale(float* __restrict__ clip, const float* 
 extern "C" __global__ void lm_adam(float* __restrict__ w, float* __restrict__ m, float* __restrict__ v,
                                    const float* __restrict__ grad, long long n,
                                    const float* __restrict__ clip, const float* __restrict__ hyper,
-                                   const unsigned int* __restrict__ step) {
+                                   const unsigned int* __restrict__ step, int do_wd) {
     if (hyper[6] != 0.0f) return;
-    const float lr = hyper[0], b1 = hyper[1], b2 = hyper[2], eps = hyper[3], wd = hyper[4];
+    const float lr = hyper[0], b1 = hyper[1], b2 = hyper[2], eps = hyper[3], wd = do_wd ? hyper[4] : 0.0f;
     const float t = (float)step[0] - hyper[7];
     const float c1 = 1.0f - powf(b1, t), c2 = 1.0f - powf(b2, t);
     const float decay = 1.0f - lr * wd, scale = clip[1];

@@ -119,6 +119,18 @@ fn layout_groups_are_contiguous_aligned_and_round_trip() {
         assert_eq!(pair[0].1, pair[1].0, "groups must tile the flat buffer: {:?}", lay.groups);
     }
     assert_eq!(lay.groups.last().unwrap().1, lay.total);
+    // Adam's parts tile each group; exactly the batch-norm tensors are not decayed.
+    let parts = lay.adam_parts();
+    for (k, &(start, end)) in lay.groups.iter().enumerate() {
+        let mine: Vec<_> = parts.iter().filter(|p| p.0 == k).collect();
+        assert_eq!((mine[0].1, mine.last().unwrap().2), (start, end), "group {k}'s Adam parts: {mine:?}");
+        assert!(mine.windows(2).all(|p| p[0].2 == p[1].1), "group {k}'s Adam parts do not tile it: {mine:?}");
+    }
+    for ((name, t), &off) in w.named().iter().zip(&lay.offsets) {
+        let part = parts.iter().find(|p| p.1 <= off && off < p.2).expect("every tensor in an Adam part");
+        assert!(off + t.len() <= part.2, "{name} straddles two Adam parts");
+        assert_eq!(part.3, !name.starts_with("bn"), "{name}: decayed = {}", part.3);
+    }
     let named = w.named();
     assert_eq!(named.len(), lay.offsets.len());
     for (k, ((name, t), &off)) in named.iter().zip(&lay.offsets).enumerate() {

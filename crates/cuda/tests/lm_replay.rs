@@ -15,7 +15,7 @@ use ulmfit_cuda::lm::kernels::NORM_BLOCKS;
 use ulmfit_cuda::lm::mask::{keep_scale, mask_key, Mask};
 use ulmfit_cuda::lm::params::Layout;
 use ulmfit_cuda::lm::phases::phases;
-use ulmfit_cuda::lm::reference::{adam, clip_factor, forward_backward, zero_state, State};
+use ulmfit_cuda::lm::reference::{adam_lm, clip_factor, forward_backward, zero_state, State};
 use ulmfit_cuda::lm::steps::{
     backward_ops, buf_len, check_ops, forward_ops, layer_at, raw_at, update_ops, At, LmBuf, Op,
 };
@@ -383,13 +383,13 @@ fn run(h: &mut Host, op: &Op) {
             let f = if max_norm > 0.0 && coef < 1.0 { coef } else { 1.0 };
             h.write(at(LmBuf::Clip, 0), &[norm, f]);
         }
-        Op::Adam { group } => {
-            let (off, p) = h.layout.groups()[group];
+        Op::Adam { group, off, len: p, decay } => {
             let hy = h.read(at(LmBuf::Hyper, group * HYPER_LEN), HYPER_LEN);
             if hy[6] != 0.0 {
                 return;
             }
-            let (lr, b1, b2, eps, wd) = (hy[0], hy[1], hy[2], hy[3], hy[4]);
+            let (lr, b1, b2, eps) = (hy[0], hy[1], hy[2], hy[3]);
+            let wd = if decay { hy[4] } else { 0.0 };
             let t = h.step as f32 - hy[7];
             let (c1, c2) = (1.0 - b1.powf(t), 1.0 - b2.powf(t));
             let scale = h.read(at(LmBuf::Clip, 1), 1)[0];
@@ -452,7 +452,7 @@ fn replay(cfg: &LmConfig) {
         let (norm, factor) = clip_factor(&g, hy.clip);
         let clip = host.read(At { buf: LmBuf::Clip, off: 0 }, 2);
         assert_close("clip", &clip, &[norm, factor], 1e-5, 0.0);
-        adam(&mut flat, &mut m, &mut v, &g, &hy, step, factor);
+        adam_lm(cfg, &mut flat, &mut m, &mut v, &g, &hy, step, factor);
         let mut params = LmWeights::zeros(cfg);
         let device = host.read(At { buf: LmBuf::Params, off: 0 }, layout.total);
         layout.from_flat(&device, &mut params);

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{assert_close, gpu_lock, gpu_or_skip};
-use ulmfit_cuda::lm::reference::{adam, clip_factor, forward_backward, zero_state};
+use ulmfit_cuda::lm::reference::{adam, adam_lm, clip_factor, forward_backward, zero_state};
 use ulmfit_cuda::lm::{Dropouts, GroupHyper, Hyper, LmConfig, LmCuda, LmError, LmWeights};
 use ulmfit_cuda::Gpu;
 
@@ -118,7 +118,7 @@ fn clip_and_adam_match_cpu_formulas() {
         assert_close("norm", &[norm, factor], &[want_norm, want_factor], 1e-5, 0.0);
         assert!(factor < 1.0, "clip 0.05 should be active (norm {norm})");
         let mut want = before.clone();
-        adam(&mut want, &mut m, &mut v, &grads, &h, step, want_factor);
+        adam_lm(&cfg, &mut want, &mut m, &mut v, &grads, &h, step, want_factor);
         let after = model.weights().expect("weights").flatten();
         let (gm, gv) = model.moments().expect("moments");
         assert_close("adam m", &gm, &m, 1e-4, 1e-5);
@@ -187,7 +187,9 @@ fn per_group_lrs_frozen_groups_and_update_counts_match_cpu_formulas() {
             let mut want = b.to_vec();
             if !u.frozen {
                 let (m, v) = &mut moments[k];
-                adam(&mut want, m, v, g, &u.hyper, u.updates + 1, factor);
+                // The decoder bias is not decayed (fastai's `wd_bn_bias=False`).
+                let hy = if name == "dec_bias" { Hyper { weight_decay: 0.0, ..u.hyper } } else { u.hyper };
+                adam(&mut want, m, v, g, &hy, u.updates + 1, factor);
             }
             let delta = |w: &[f32]| w.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<f32>>();
             assert_close(&format!("step {step} {name} dw"), &delta(a), &delta(&want), 1e-3, 1e-4);
@@ -276,7 +278,7 @@ fn loss_decreases_along_the_cpu_trajectory() {
         wk.unflatten(&flat);
         let out = forward_backward(&cfg, &wk, &state, &ids, &targets, step);
         let g = out.grads.flatten();
-        adam(&mut flat, &mut m, &mut v, &g, &h, step, clip_factor(&g, h.clip).1);
+        adam_lm(&cfg, &mut flat, &mut m, &mut v, &g, &h, step, clip_factor(&g, h.clip).1);
         want.push(out.loss[0]);
         state = out.state;
     }

@@ -4,7 +4,9 @@
 //! A group is a list of parameters with its own learning rate (discriminative fine-tuning
 //! gives each layer group `lr / 2.6^k`), betas and weight decay; schedules set `lr` and
 //! `betas` on the groups between steps. Frozen parameters (requires_grad false) and
-//! parameters without a gradient are skipped and keep their optimizer state.
+//! parameters without a gradient are skipped and keep their optimizer state. Weight decay
+//! skips the parameters a group marks (fastai's `do_wd`: with its default `wd_bn_bias=False`,
+//! batch-norm parameters and the biases of linear layers are not decayed).
 
 use crate::Tensor;
 
@@ -18,12 +20,35 @@ pub struct ParamGroup {
     pub betas: (f32, f32),
     /// Decoupled weight decay: each step multiplies the weights by `1 - lr * weight_decay`.
     pub weight_decay: f32,
+    /// Per parameter (same length as `params`): whether `weight_decay` applies to it.
+    pub decays: Vec<bool>,
 }
 
 impl ParamGroup {
-    /// A group with the given learning rate, betas (0.9, 0.99) and no weight decay.
+    /// A group with the given learning rate, betas (0.9, 0.99) and no weight decay; every
+    /// parameter would be decayed if `weight_decay` were set.
     pub fn new(params: Vec<Tensor>, lr: f32) -> Self {
-        ParamGroup { params, lr, betas: (0.9, 0.99), weight_decay: 0.0 }
+        let decays = vec![true; params.len()];
+        ParamGroup { params, lr, betas: (0.9, 0.99), weight_decay: 0.0, decays }
+    }
+
+    /// The group with weight decay turned off for the parameters in `exempt` (the same
+    /// tensors, compared by identity; others in `exempt` are ignored).
+    pub fn without_decay_for(mut self, exempt: &[Tensor]) -> Self {
+        for (p, decays) in self.params.iter().zip(&mut self.decays) {
+            *decays &= !exempt.iter().any(|e| e.same(p));
+        }
+        self
+    }
+
+    /// The factor `1 - lr * weight_decay` for parameter `k`, or 1 when it is not decayed.
+    fn decay_factor(&self, k: usize) -> f32 {
+        assert_eq!(self.decays.len(), self.params.len(), "ParamGroup: one decay flag per parameter");
+        if self.decays[k] {
+            1.0 - self.lr * self.weight_decay
+        } else {
+            1.0
+        }
     }
 }
 
@@ -59,7 +84,7 @@ impl Adam {
     pub fn step(&mut self) {
         for (group, states) in self.groups.iter().zip(&mut self.state) {
             let (b1, b2) = group.betas;
-            for (p, st) in group.params.iter().zip(states.iter_mut()) {
+            for (k, (p, st)) in group.params.iter().zip(states.iter_mut()).enumerate() {
                 let Some(grad) = trainable_grad(p) else { continue };
                 if st.m.is_empty() {
                     st.m = vec![0.0; p.numel()];
@@ -68,7 +93,7 @@ impl Adam {
                 st.steps += 1;
                 let c1 = 1.0 - b1.powi(st.steps as i32);
                 let c2 = 1.0 - b2.powi(st.steps as i32);
-                let decay = 1.0 - group.lr * group.weight_decay;
+                let decay = group.decay_factor(k);
                 let g = grad.data();
                 let mut w = p.data_mut();
                 for i in 0..w.len() {
@@ -115,12 +140,12 @@ impl Sgd {
     pub fn step(&mut self) {
         for (group, states) in self.groups.iter().zip(&mut self.state) {
             let mu = group.betas.0;
-            for (p, st) in group.params.iter().zip(states.iter_mut()) {
+            for (k, (p, st)) in group.params.iter().zip(states.iter_mut()).enumerate() {
                 let Some(grad) = trainable_grad(p) else { continue };
                 if st.m.is_empty() {
                     st.m = vec![0.0; p.numel()];
                 }
-                let decay = 1.0 - group.lr * group.weight_decay;
+                let decay = group.decay_factor(k);
                 let g = grad.data();
                 let mut w = p.data_mut();
                 for i in 0..w.len() {
@@ -176,16 +201,19 @@ mod tests {
 
     #[test]
     fn adam_first_step_matches_formula() {
-        // Step 1: m_hat = g, v_hat = g^2, so w -= lr * g / (|g| + eps), after w *= 1 - lr*wd.
+        // Step 1: m_hat = g, v_hat = g^2, so w -= lr * g / (|g| + eps), after w *= 1 - lr*wd
+        // for decayed parameters only.
         let p = param_with_grad(vec![1.0, -2.0], vec![0.5, -4.0]);
-        let mut opt = Adam::new(
-            vec![ParamGroup { params: vec![p.clone()], lr: 0.1, betas: (0.9, 0.99), weight_decay: 0.01 }],
-            1e-8,
-        );
+        let bias = param_with_grad(vec![1.0], vec![0.5]);
+        let mut group = ParamGroup::new(vec![p.clone(), bias.clone()], 0.1).without_decay_for(&[bias.clone()]);
+        group.weight_decay = 0.01;
+        let mut opt = Adam::new(vec![group], 1e-8);
         opt.step();
         let w = p.to_vec();
         assert!((w[0] - (1.0 * 0.999 - 0.1)).abs() < 1e-6, "{w:?}");
         assert!((w[1] - (-2.0 * 0.999 + 0.1)).abs() < 1e-6, "{w:?}");
+        let b = bias.to_vec();
+        assert!((b[0] - (1.0 - 0.1)).abs() < 1e-6, "an exempt parameter was decayed: {b:?}");
     }
 
     #[test]

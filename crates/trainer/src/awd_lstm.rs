@@ -249,6 +249,12 @@ impl LanguageModel {
         groups.push(vec![self.encoder.embedding.clone(), self.decoder_bias.clone()]);
         groups
     }
+
+    /// The parameters fastai leaves out of weight decay (`wd_bn_bias=False`): the decoder
+    /// bias. (The LSTM biases are decayed: fastai's `norm_bias_params` does not find them.)
+    pub fn no_decay(&self) -> Vec<Tensor> {
+        vec![self.decoder_bias.clone()]
+    }
 }
 
 /// The LM loss: cross-entropy plus AR (`alpha * mean(dropped^2)`) and TAR

@@ -235,6 +235,12 @@ impl Classifier {
         groups
     }
 
+    /// The parameters fastai leaves out of weight decay (`wd_bn_bias=False`): the head's
+    /// batch-norm weights and biases (its linear layers have no bias).
+    pub fn no_decay(&self) -> Vec<Tensor> {
+        self.head.iter().flat_map(|b| [b.gamma.clone(), b.beta.clone()]).collect()
+    }
+
     /// Named parameters and buffers, fastai style (`1.layers.{k}...` for the head).
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = self.encoder.named_params();

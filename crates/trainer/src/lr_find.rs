@@ -21,7 +21,7 @@ pub fn lr_find(cfg: &Config, steps: usize, plot: &Path) -> Result<LrFinder> {
     let seed = cfg.run.seed;
     let Pretraining { train, mut lm, .. } = pretraining(cfg, &mut Rng::new(seed))?;
     let p = &cfg.pretrain;
-    let mut opt = adam(lm.param_groups(), cfg.optim.sqr_mom, cfg.optim.eps);
+    let mut opt = adam(lm.param_groups(), &lm.no_decay(), cfg.optim.sqr_mom, cfg.optim.eps);
     opt.groups.iter_mut().for_each(|g| g.weight_decay = p.wd);
     let step_cfg = step_config(cfg, p.clip);
     let mut finder = LrFinder::new(1e-7, 10.0, steps);

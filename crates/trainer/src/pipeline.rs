@@ -191,7 +191,7 @@ fn pretrain_phase(cfg: &Config, backend: &Backend, run: &mut Tracker) -> Result<
     let seed = cfg.run.seed;
     let Pretraining { vocab, train, valid, mut lm } = pretraining(cfg, &mut Rng::new(seed))?;
     run.vocab = vocab.itos().to_vec();
-    let mut opt = adam(lm.param_groups(), cfg.optim.sqr_mom, cfg.optim.eps);
+    let mut opt = adam(lm.param_groups(), &lm.no_decay(), cfg.optim.sqr_mom, cfg.optim.eps);
     let p = &cfg.pretrain;
     let plan = StagePlan {
         name: stage(cfg, PRETRAIN),
@@ -229,7 +229,7 @@ fn finetune_phase(
     lm.encoder.cfg.vocab = vocab.len();
     run.vocab = vocab.itos().to_vec();
     let (train, valid) = (ids(cfg, &train_texts, &vocab), ids(cfg, &valid_texts, &vocab));
-    let mut opt = adam(lm.param_groups(), cfg.optim.sqr_mom, cfg.optim.eps);
+    let mut opt = adam(lm.param_groups(), &lm.no_decay(), cfg.optim.sqr_mom, cfg.optim.eps);
     let n_groups = opt.groups.len();
     let frozen = StagePlan {
         name: stage(cfg, FINETUNE_FROZEN),
@@ -275,7 +275,7 @@ fn classifier_phase(
     run.vocab = vocab.itos().to_vec();
     let s = TaskSplits::new(cfg, task, vocab);
     let mut model = new_classifier(cfg, encoder, task.classes.len(), cfg.run.seed ^ 2);
-    let mut opt = adam(model.param_groups(), cfg.optim.sqr_mom, cfg.optim.eps);
+    let mut opt = adam(model.param_groups(), &model.no_decay(), cfg.optim.sqr_mom, cfg.optim.eps);
     let n_groups = opt.groups.len();
     let train = Labelled { corpus: &s.train, labels: &task.train.1 };
     let valid = Labelled { corpus: &s.valid, labels: &task.valid.1 };

@@ -42,11 +42,12 @@ pub struct StagePlan {
     pub step: StepConfig,
 }
 
-/// Adam over `groups` with fastai's eps and second-moment decay.
-pub fn adam(groups: Vec<Vec<ulmfit_tensor::Tensor>>, sqr_mom: f32, eps: f32) -> Adam {
+/// Adam over `groups` with fastai's eps and second-moment decay; the parameters in
+/// `no_decay` get no weight decay (the models' `no_decay`, fastai's `wd_bn_bias=False`).
+pub fn adam(groups: Vec<Vec<Tensor>>, no_decay: &[Tensor], sqr_mom: f32, eps: f32) -> Adam {
     let groups = groups
         .into_iter()
-        .map(|params| ParamGroup { params, lr: 0.0, betas: (0.9, sqr_mom), weight_decay: 0.0 })
+        .map(|params| ParamGroup { betas: (0.9, sqr_mom), ..ParamGroup::new(params, 0.0).without_decay_for(no_decay) })
         .collect();
     Adam::new(groups, eps)
 }
@@ -206,7 +207,7 @@ fn doc_batch(data: &Labelled, docs: &[usize]) -> (DocBatch, Vec<u32>) {
 /// Class probabilities of every document of `corpus`, in corpus order (no dropout; batch
 /// norm in eval mode), read in batches of `bs` documents of similar length on `backend`.
 pub fn predict_probs(backend: &Backend, model: &mut Classifier, corpus: &Corpus, bs: usize) -> Result<Vec<Vec<f32>>> {
-    let opt = adam(model.param_groups(), 0.99, 1e-5); // inference: no optimizer state
+    let opt = adam(model.param_groups(), &[], 0.99, 1e-5); // inference: no optimizer state
     let mut steps = backend.clas_steps(model, &opt, bs, 0)?;
     predict_probs_on(steps.as_mut(), model, corpus, bs)
 }

@@ -192,7 +192,11 @@ fn cpu_adam(m: &Classifier, h: &ClasHyper) -> Adam {
         .param_groups()
         .into_iter()
         .zip(&h.lrs)
-        .map(|(params, &lr)| ParamGroup { params, lr, betas: (h.beta1, h.beta2), weight_decay: h.weight_decay })
+        .map(|(params, &lr)| ParamGroup {
+            betas: (h.beta1, h.beta2),
+            weight_decay: h.weight_decay,
+            ..ParamGroup::new(params, lr).without_decay_for(&m.no_decay())
+        })
         .collect();
     Adam::new(groups, h.eps)
 }

@@ -45,7 +45,7 @@ fn train(backend: &Backend, train: &Corpus, valid: &Corpus) -> (LanguageModel, A
     let drop = Dropouts { input_p: 0.0, hidden_p: 0.0, weight_p: 0.0, embed_p: 0.0, output_p: 0.0 };
     let cfg = AwdLstmConfig { vocab: 40, emb_sz: 8, n_hid: 12, n_layers: 3, drop };
     let mut model = LanguageModel::new(cfg, &mut Rng::new(3));
-    let mut opt = adam(model.param_groups(), 0.99, 1e-5);
+    let mut opt = adam(model.param_groups(), &model.no_decay(), 0.99, 1e-5);
     let on_gpu = matches!(backend, Backend::Cuda(_));
     let dir = std::env::temp_dir().join(format!("ulmfit-gpu-lm-{}-{on_gpu}", std::process::id()));
     let mut log = MetricsLog::in_dir(&dir).expect("metrics log");
@@ -112,7 +112,7 @@ fn classifier() -> Classifier {
 /// Both classifier stages on `backend`; returns the model, optimizer and validation accuracies.
 fn train_classifier(backend: &Backend, train: &Labelled, valid: &Labelled) -> (Classifier, Adam, Vec<f32>) {
     let mut model = classifier();
-    let mut opt = adam(model.param_groups(), 0.99, 1e-5);
+    let mut opt = adam(model.param_groups(), &model.no_decay(), 0.99, 1e-5);
     let on_gpu = matches!(backend, Backend::Cuda(_));
     let dir = std::env::temp_dir().join(format!("ulmfit-gpu-clas-{}-{on_gpu}", std::process::id()));
     let mut log = MetricsLog::in_dir(&dir).expect("metrics log");

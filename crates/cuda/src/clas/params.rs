@@ -177,6 +177,17 @@ impl Layout {
         [self.offsets[at], self.offsets[at + 1], self.offsets[at + 2]]
     }
 
+    /// The ranges the Adam update sweeps, as (group, start, end, decayed): every group whole,
+    /// except that the head's batch-norm weights and biases get no weight decay (fastai's
+    /// `wd_bn_bias=False`; its linear layers have no bias).
+    pub fn adam_parts(&self) -> Vec<(usize, usize, usize, bool)> {
+        let head = self.groups.len() - 1;
+        let mut out: Vec<_> = self.groups[..head].iter().enumerate().map(|(g, &(s, e))| (g, s, e, true)).collect();
+        let ([g0, _, w0], [g1, _, w1], end) = (self.head(0), self.head(1), self.groups[head].1);
+        out.extend([(head, g0, w0, false), (head, w0, g1, true), (head, g1, w1, false), (head, w1, end, true)]);
+        out
+    }
+
     /// The flat parameter buffer [total] and the statistics buffer [stats_total] holding `w`.
     pub fn to_flat(&self, w: &ClasWeights) -> (Vec<f32>, Vec<f32>) {
         let mut flat = vec![0.0; self.total];

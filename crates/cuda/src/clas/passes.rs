@@ -253,7 +253,8 @@ impl ClasCuda<'_> {
     }
 
     /// Frozen groups' gradients zeroed, then the global norm, the clip factor and one Adam
-    /// update of every trainable group with its learning rate.
+    /// update of every trainable group with its learning rate (`Layout::adam_parts`: no
+    /// weight decay on the head's batch-norm parameters).
     pub(super) fn update(&mut self, hyper: &super::config::ClasHyper) -> Result<()> {
         let g = self.gpu;
         for (k, &(start, end)) in self.layout.groups.iter().enumerate() {
@@ -269,12 +270,14 @@ impl ClasCuda<'_> {
         let (partial, clip) = (self.at(&self.head.partial, 0), self.at(&self.head.clip, 0));
         self.k.clas_sumsq_partial(g, partial, self.at(&self.grads, 0), self.layout.total)?;
         self.k.clas_clip_scale(g, clip, partial, hyper.clip.unwrap_or(0.0))?;
-        let consts = [hyper.beta1, hyper.beta2, hyper.eps, hyper.weight_decay];
-        for (k, &(start, end)) in self.layout.groups.iter().enumerate() {
+        for (k, steps) in self.group_steps.iter_mut().enumerate() {
+            *steps += u32::from(!hyper.frozen[k]);
+        }
+        for (k, start, end, decay) in self.layout.adam_parts() {
             if hyper.frozen[k] {
                 continue;
             }
-            self.group_steps[k] += 1;
+            let consts = [hyper.beta1, hyper.beta2, hyper.eps, if decay { hyper.weight_decay } else { 0.0 }];
             let wmv = [self.at(&self.params, start), self.at(&self.adam_m, start), self.at(&self.adam_v, start)];
             let grad = self.at(&self.grads, start);
             self.k.clas_adam(g, wmv, grad, end - start, clip, hyper.lrs[k], consts, self.group_steps[k])?;

@@ -361,20 +361,18 @@ impl LmKernels {
         self.launch(gpu, "lm_clip_scale", blocks(1, WIDE), &args)
     }
 
-    /// `lm_adam`: the fused Adam(W) update of one group's w, m, v [n] from grad [n], with
-    /// the group's `hyper` slot.
+    /// `lm_adam`: the fused Adam(W) update of [w, m, v, grad] [n] (a part of one group), with
+    /// the group's `hyper` slot; its weight decay only if `decay`.
     #[allow(clippy::too_many_arguments)]
     pub fn lm_adam(
         &self,
         gpu: &Gpu,
-        w: u64,
-        m: u64,
-        v: u64,
-        grad: u64,
+        [w, m, v, grad]: [u64; 4],
         n: usize,
         clip: u64,
         hyper: u64,
         step: u64,
+        decay: bool,
     ) -> Result<()> {
         let args = [
             Arg::Ptr(w),
@@ -385,6 +383,7 @@ impl LmKernels {
             Arg::Ptr(clip),
             Arg::Ptr(hyper),
             Arg::Ptr(step),
+            Arg::I32(decay as i32),
         ];
         self.launch(gpu, "lm_adam", stride_grid(n), &args)
     }

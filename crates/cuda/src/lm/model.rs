@@ -333,12 +333,11 @@ impl<'g> LmCuda<'g> {
                 let parts = self.groups.len() * NORM_BLOCKS;
                 k.lm_clip_scale(g, q(LmBuf::Clip), q(LmBuf::Partial), parts, q(LmBuf::Hyper))
             }
-            Op::Adam { group } => {
-                let (off, len) = self.groups[group];
+            Op::Adam { group, off, len, decay } => {
                 let (w, m) = (self.p(LmBuf::Params, off), self.p(LmBuf::AdamM, off));
                 let (v2, grads) = (self.p(LmBuf::AdamV, off), self.p(LmBuf::Grads, off));
                 let (clip, hyper) = (q(LmBuf::Clip), self.p(LmBuf::Hyper, group * HYPER_LEN));
-                k.lm_adam(g, w, m, v2, grads, len, clip, hyper, step)
+                k.lm_adam(g, [w, m, v2, grads], len, clip, hyper, step, decay)
             }
         }
     }

@@ -150,6 +150,19 @@ impl Layout {
         out
     }
 
+    /// The ranges the Adam update sweeps, as (group, offset, length, decayed): each group's
+    /// range, the embedding group's split so that the decoder bias gets no weight decay
+    /// (fastai's `wd_bn_bias=False`; the LSTM biases are decayed, as in fastai).
+    pub fn adam_parts(&self) -> Vec<(usize, usize, usize, bool)> {
+        let groups = self.groups();
+        let top = groups.len() - 1;
+        let mut out: Vec<_> = groups[..top].iter().enumerate().map(|(g, &(off, len))| (g, off, len, true)).collect();
+        let (emb, end) = (groups[top].0, groups[top].0 + groups[top].1);
+        out.push((top, emb, self.dec_bias - emb, true));
+        out.push((top, self.dec_bias, end - self.dec_bias, false));
+        out
+    }
+
     /// Offset of each tensor, in `LmWeights::named` order.
     fn offsets(&self) -> Vec<usize> {
         let mut out = vec![self.emb, self.dec_bias];

@@ -132,11 +132,17 @@ pub enum Op {
     },
     /// `lm_clip_scale`: Clip from Partial and Hyper.
     ClipScale,
-    /// `lm_adam`: group g's range of Params, AdamM, AdamV from Grads, Clip, its Hyper slot
-    /// and Step.
+    /// `lm_adam`: a part of group g's range of Params, AdamM, AdamV from Grads, Clip, its
+    /// Hyper slot and Step (`Layout::adam_parts`).
     Adam {
         /// Parameter group (`Layout::groups`).
         group: usize,
+        /// First element in the flat buffers.
+        off: usize,
+        /// Elements.
+        len: usize,
+        /// Whether the group's weight decay applies.
+        decay: bool,
     },
 }
 
@@ -277,11 +283,11 @@ pub fn backward_ops(cfg: &LmConfig, layout: &Layout) -> Vec<Op> {
 }
 
 /// The update: squared-gradient partial sums per group, norm and clip factor, fused
-/// Adam(W) per group.
+/// Adam(W) per part of each group (`Layout::adam_parts`).
 pub fn update_ops(layout: &Layout) -> Vec<Op> {
-    let groups = 0..layout.groups().len();
-    let sums = groups.clone().map(|group| Op::SumsqPartial { group });
-    sums.chain([Op::ClipScale]).chain(groups.map(|group| Op::Adam { group })).collect()
+    let sums = (0..layout.groups().len()).map(|group| Op::SumsqPartial { group });
+    let parts = layout.adam_parts().into_iter().map(|(group, off, len, decay)| Op::Adam { group, off, len, decay });
+    sums.chain([Op::ClipScale]).chain(parts).collect()
 }
 
 /// The forward of an evaluation pass: [`forward_ops`] with every dropout off and no step
