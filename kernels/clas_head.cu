@@ -62,6 +62,38 @@ extern "C" __global__ void clas_pool_bwd(float* __restrict__ dy, const float* __
     }
 }
 
+// clas_ar_tar_bwd: adds to dy of one chunk (steps start.. start+len, its first `rows`
+// documents) the gradient of fastai's classifier AR/TAR (ulmfit_trainer's clas_reg.rs): in
+// fastai's layout document b is front-padded by front_b = (lens[0] - len_b) / bptt * bptt
+// steps, its step q sits at position front_b + q, and its output counts where fastai ran it,
+// q < stop_b = min(len_b rounded up to chunks, lens[0] - front_b), 0 elsewhere; the window is
+// positions [first, lens[0]) (first = from[0]), L of them. With x_p the value at position p:
+//   dx_p = ka x_p + kt (x_p - x_{p-1}) [p > first] - kt (x_{p+1} - x_p) [p < lens[0] - 1]
+// ka = 2 alpha / (B L E), kt = 2 beta / (B (L-1) E) (0 without TAR).
+//   dy [len, rows, E]   hs (arena)   hs_off, rows_c [chunks]   lens, from [B]
+// Geometry: grid-stride over len*rows*E.
+extern "C" __global__ void clas_ar_tar_bwd(float* __restrict__ dy, const float* __restrict__ hs,
+                                           const long long* __restrict__ hs_off, const int* __restrict__ rows_c,
+                                           const int* __restrict__ lens, const int* __restrict__ from, int start,
+                                           int len, int rows, int E, int bptt, float ka, float kt) {
+    const int n = len * rows * E, sl = lens[0], first = from[0];
+    for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < n; k += gridDim.x * blockDim.x) {
+        const int r = k / E, e = k % E, b = r % rows, q = start + r / rows;
+        const int front = (sl - lens[b]) / bptt * bptt;
+        const int stop = min((lens[b] + bptt - 1) / bptt * bptt, sl - front);
+        const int pos = front + q;
+        if (q >= stop || pos < first) continue;
+        // The output of document b at its step t (< stop).
+#define CLAS_H(t) hs[hs_off[(t) / bptt] + ((long long)((t) % bptt + 1) * rows_c[(t) / bptt] + b) * E + e]
+        const float x = CLAS_H(q);
+        float g = ka * x;
+        if (pos > first) g += kt * (x - (q > 0 ? CLAS_H(q - 1) : 0.0f));
+        if (pos + 1 < sl) g -= kt * ((q + 1 < stop ? CLAS_H(q + 1) : 0.0f) - x);
+#undef CLAS_H
+        dy[k] += g;
+    }
+}
+
 // clas_bn_fwd: batch norm over N rows of x [N, C]. train != 0: batch mean and biased variance
 // (each term divided by N, as the CPU), running stats updated with `momentum` (variance
 // unbiased by N / (N - 1), PyTorch); else the running stats. y = gamma * xhat + beta.

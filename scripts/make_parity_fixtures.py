@@ -17,7 +17,14 @@ sizes, bptt 5, max_len 10, 3 classes) in three cases: `eval.` (batch norm on ran
 statistics) and `train.` (dropouts 0, batch statistics, updated running statistics in
 `after.*`) on four documents of lengths 23, 17, 12 and 4, front-padded by fastai's
 `pad_input_chunk` as its DataLoaders do; `masked.` (train mode, every dropout on, our masks) on
-three documents that fill the same number of chunks. Logits, loss, every gradient.
+three documents that fill the same number of chunks. Logits, loss, every gradient. In the
+train-mode cases, also the loss a classifier Learner backpropagates (`{case}.reg.`: CE plus
+RNNRegularizer's AR/TAR on fastai's SentenceEncoder output, checked against fastai's callbacks).
+
+Both files: `step.`, two steps of the optimizer a fastai Learner makes (`create_opt`: the
+splitter's parameter groups, fastai's Adam, decoupled weight decay, no decay on batch norm and
+Linear biases) from the fixture's weights with two of its gradients: weights after each step,
+each parameter's group and do_wd flag, the learning rates.
 
 parity/lm_export/: the LM saved as fastai's pretrained wt103 files are laid out (bare state dict
 with the extra `module.weight_hh_l0` copies, itos pickle), converted by export_fastai.export.
@@ -53,8 +60,8 @@ from export_fastai import convert, export, write_safetensors  # noqa: E402
 import fastai.text.models.awdlstm as awdlstm  # noqa: E402
 
 from fastai.text.all import (AWD_LSTM, EmbeddingDropout, Numericalize, RNNDropout,  # noqa: E402
-                             TextDataLoaders, WeightDropout, awd_lstm_clas_config,
-                             awd_lstm_lm_config, get_language_model,
+                             TextDataLoaders, TextLearner, WeightDropout, awd_lstm_clas_config,
+                             awd_lstm_clas_split, awd_lstm_lm_config, awd_lstm_lm_split, get_language_model,
                              get_text_classifier, pad_input_chunk, set_seed,
                              text_classifier_learner, tokenize_texts)
 
@@ -68,6 +75,9 @@ MASKED_DOC_LENS = [23, 22, 21]
 MASK_SEED = 7
 LM_DROPS = {"input_p": 0.25, "hidden_p": 0.15, "weight_p": 0.2, "embed_p": 0.1, "output_p": 0.1}
 CLAS_DROPS = {"input_p": 0.2, "hidden_p": 0.15, "weight_p": 0.25, "embed_p": 0.05, "output_p": 0.2, "head_p": 0.1}
+# The optimizer steps (`step.`): fastai's Adam defaults, decoupled weight decay STEP_WD, and
+# discriminative learning rates STEP_TOP_LR / 2.6^(n_groups - 1 - k) for parameter group k.
+STEP_WD, STEP_TOP_LR = 0.1, 1e-2
 
 
 def ids(*shape):
@@ -264,6 +274,9 @@ def lm_fixture():
         out.update(ref)
     meta = {"vocab": V, "emb_sz": E, "n_hid": H, "n_layers": L, "alpha": ALPHA, "beta": BETA, "mask_seed": MASK_SEED}
     meta.update({f"masked.{k}": v for k, v in LM_DROPS.items()})
+    steps, step_meta = adam_steps_fixture("lm", lm, awd_lstm_lm_split, out, "b1.grad.", "b2.grad.")
+    out.update(steps)
+    meta.update(step_meta)
     export_like_wt103(lm, os.path.join(ROOT, "parity", "lm_export"))
     return out, meta
 
@@ -337,18 +350,58 @@ def run_classifier(clas, docs, labels, mode, dtype, drops=None, mask_seed=None):
     if mode == "masked":  # fastai's chunks hold the same rows as ours only when no row is front-padded
         assert bool((x[:, 0] != 1).all()), "masked case: documents must fill the same number of chunks"
     with injected(masks):
-        logits = model(x)[0]
+        pred = model(x)
+    logits = pred[0]
     loss = F.cross_entropy(logits, labels)
-    loss.backward()
+    loss.backward(retain_graph=mode != "eval")
     p = mode + "."
     out = {p + "logits": logits.detach().float(), p + "loss": loss.detach().reshape(1).float()}
     out.update({f"{p}doc.{i}": torch.tensor(d, dtype=torch.int32) for i, d in enumerate(docs)})
     out[p + "labels"] = labels.int()
-    out.update({p + "grad." + n: g for n, g in grads_in_our_names(model).items()})
+    out.update({p + "grad." + n: g.clone() for n, g in grads_in_our_names(model).items()})
     if mode != "eval":
         _, after, _ = convert(model.state_dict())
         out.update({p + "after." + k: v for k, v in after.items() if "running_" in k})
+        out.update(classifier_ar_tar(model, pred, loss, p))
     return out
+
+
+def classifier_ar_tar(model, pred, ce, p):
+    """The loss a classifier Learner backpropagates in training: CE plus RNNRegularizer's
+    alpha * AR + beta * TAR (callback/rnn.py) on the prediction tuple `(logits, raw_out, out)`
+    of PoolingLinearClassifier, where both are the SentenceEncoder output [B, L_kept, E] (zero
+    rows where a row was not run in a kept chunk). Checked against fastai's own callbacks; the
+    gradients of the total replace those of `ce` in `model`."""
+    _, raw_out, enc_out = pred
+    ar = enc_out.pow(2).mean()
+    tar = (raw_out[:, 1:] - raw_out[:, :-1]).pow(2).mean()
+    total = ce + ALPHA * ar + BETA * tar  # fastai's order: loss_grad += alpha*AR, then += beta*TAR
+    fastai = fastai_regularized_loss(model, pred, ce)
+    err = abs(fastai.item() - total.item()) / abs(total.item())
+    # fastai casts AR/TAR to float32 (`.float()`, for fp16 training): exact on a float32 run.
+    tol = 0 if total.dtype == torch.float32 else 1e-6
+    assert err <= tol, f"{p}reg.loss {total.item()} vs fastai {fastai.item()}: relative error {err:.1e}"
+    model.zero_grad()
+    total.backward()
+    out = {p + "reg.loss": total.detach().reshape(1).float(),
+           p + "reg.ar_tar": (ALPHA * ar + BETA * tar).detach().reshape(1).float(),
+           p + "reg.out": time_major(enc_out.detach()).float()}
+    out.update({p + "reg.grad." + n: g for n, g in grads_in_our_names(model).items()})
+    return out
+
+
+def fastai_regularized_loss(model, pred, ce):
+    """`loss_grad` after fastai's RNNCallback.after_pred and RNNRegularizer.after_loss, run on a
+    TextLearner (the Learner class of text_classifier_learner, default alpha and beta) holding
+    `model`, in training, with prediction `pred` and loss `ce`."""
+    learn = TextLearner(None, model, loss_func=F.cross_entropy)
+    reg = learn.rnn_regularizer
+    assert (reg.alpha, reg.beta) == (ALPHA, BETA), f"TextLearner's RNNRegularizer {reg.alpha}, {reg.beta}"
+    learn.training, learn.pred, learn.loss_grad = True, pred, ce.detach().clone()
+    learn.rnn.after_pred()
+    reg.after_loss()
+    assert learn.pred is pred[0]
+    return learn.loss_grad
 
 
 def clas_fixture():
@@ -385,11 +438,100 @@ def clas_fixture():
                 break
         print("classifier %s (documents drawn %d times): fastai float32 vs float64 reference, logits %.1e, "
               "loss %.1e, worst gradient %.1e" % (mode, attempt + 1, *errs))
+        if mode != "eval":
+            print("classifier %s with AR/TAR: fastai float32 vs float64 reference, loss %.1e, AR+TAR %.1e, "
+                  "worst gradient %.1e" % (mode, rel_err(f32[mode + ".reg.loss"], ref[mode + ".reg.loss"]),
+                                           rel_err(f32[mode + ".reg.ar_tar"], ref[mode + ".reg.ar_tar"]),
+                                           max(rel_err(f32[k], ref[k]) for k in ref if ".reg.grad." in k)))
+            print_kept_window(mode, ref[mode + ".reg.out"], fastai_padded_batch(docs))
         out.update(ref)
     meta = {"vocab": V, "emb_sz": E, "n_hid": H, "n_layers": L, "classes": CLASSES, "bptt": BPTT,
-            "max_len": MAX_LEN, "lin_ftrs": 50, "mask_seed": MASK_SEED}
+            "max_len": MAX_LEN, "lin_ftrs": 50, "mask_seed": MASK_SEED, "alpha": ALPHA, "beta": BETA}
     meta.update({f"masked.{k}": v for k, v in CLAS_DROPS.items()})
+    steps, step_meta = adam_steps_fixture("classifier", clas, awd_lstm_clas_split, out, "train.grad.", "masked.grad.")
+    out.update(steps)
+    meta.update(step_meta)
     return out, meta
+
+
+def print_kept_window(mode, out, x):
+    """Where the SentenceEncoder output `out` [L_kept, B, E] (time-major) that AR/TAR see lies in
+    fastai's padded batch `x` [B, S]: the kept positions, the (row, position) pairs of zero rows
+    (row not run in that chunk) and those of padding tokens the LSTM ran."""
+    kept, rows = out.shape[0], out.shape[1]
+    start = x.shape[1] - kept
+    zero = [(b, start + t) for t in range(kept) for b in range(rows) if not out[t, b].any()]
+    pads = [(b, start + t) for t in range(kept) for b in range(rows) if x[b, start + t] == 1 and out[t, b].any()]
+    print(f"classifier {mode}: AR/TAR over positions {start}..{x.shape[1] - 1} of {x.shape[1]}; zero (row, position) "
+          f"{zero}; padding run by the LSTM {pads}")
+
+
+def params_in_our_names(model):
+    """{our name: parameter} (a tied tensor once), named by export_fastai.convert: each
+    parameter's index is written into a stand-in state dict and read back under our names."""
+    params = list(model.parameters())
+    index = {id(q): i for i, q in enumerate(params)}
+    named = dict(model.named_parameters(remove_duplicate=False))
+    sd = {k: torch.full(v.shape, float(index[id(named[k])]) if k in named else -1.0)
+          for k, v in model.state_dict().items()}
+    _, ours, _ = convert(sd)
+    out = {n: params[int(t.reshape(-1)[0])] for n, t in ours.items() if "running_" not in n}
+    assert len({id(q) for q in out.values()}) == len(params), "a parameter without a name of ours"
+    return out
+
+
+def fastai_adam_steps(model, splitter, weights, grads, dtype):
+    """Two steps (gradients `grads[0]`, then `grads[1]`, {our name: tensor}) from `weights`, of
+    the optimizer a fastai TextLearner with `splitter` makes for `model` in `dtype`
+    (`create_opt`: fastai's Adam on the splitter's parameter groups, wd_bn_bias=False), with
+    weight decay STEP_WD and discriminative learning rates. Returns the weights after each step
+    (float32, our names), each parameter's group and do_wd flag, and the learning rates."""
+    model = copy_of(model).to(dtype)
+    named = params_in_our_names(model)
+    with torch.no_grad():
+        for n, q in named.items():
+            q.copy_(weights[n])
+    learn = TextLearner(None, model, loss_func=F.cross_entropy, splitter=splitter)
+    learn.create_opt()
+    opt = learn.opt
+    groups = len(opt.param_lists)
+    lrs = [STEP_TOP_LR / 2.6 ** (groups - 1 - k) for k in range(groups)]
+    opt.set_hypers(lr=lrs, wd=STEP_WD)
+    out = {}
+    for step, g in enumerate(grads, 1):
+        for n, q in named.items():
+            q.grad = g[n].to(dtype).clone()
+        opt.step()
+        out.update({f"step.after{step}.{n}": q.detach().float().clone() for n, q in named.items()})
+    group = {id(q): k for k, pg in enumerate(opt.param_lists) for q in pg}
+    for n, q in named.items():
+        out[f"step.group.{n}"] = torch.tensor([group[id(q)]], dtype=torch.int32)
+        out[f"step.do_wd.{n}"] = torch.tensor([int(opt.state[q].get("do_wd", True))], dtype=torch.int32)
+        assert opt.state[q]["step"] == 2, f"{n}: optimizer state {opt.state[q]}"
+    assert all(h["mom"] == 0.9 and h["sqr_mom"] == 0.99 and h["eps"] == 1e-5 for h in opt.hypers), opt.hypers
+    return out, lrs
+
+
+def adam_steps_fixture(what, model, splitter, fixture, grad1, grad2):
+    """`step.` keys: two fastai Adam steps from the fixture's `param.*` weights with its
+    gradients `{grad1}*` then `{grad2}*` (float64; fastai's float32 run printed against it),
+    and metadata naming the hyper-parameters and the gradient keys. Draws nothing from the
+    global RNGs (models are built inside fork_rng)."""
+    weights = {k[len("param."):]: v for k, v in fixture.items() if k.startswith("param.") and "running_" not in k}
+    grads = [{n: fixture[prefix + n] for n in weights} for prefix in (grad1, grad2)]
+    with torch.random.fork_rng(devices=[]):
+        ref, lrs = fastai_adam_steps(model, splitter, weights, grads, torch.float64)
+        f32, _ = fastai_adam_steps(model, splitter, weights, grads, torch.float32)
+    assert {k for k in ref if k.startswith("step.group.")} == {f"step.group.{n}" for n in weights}
+    moved = lambda d, k: d[k] - weights[k.split(".", 2)[2]]  # noqa: E731
+    print("%s adam steps: fastai float32 vs float64 reference, worst weight %.1e, worst update %.1e" % (
+        what, max(rel_err(f32[k], ref[k]) for k in ref if ".after" in k),
+        max(rel_err(moved(f32, k), moved(ref, k)) for k in ref if ".after" in k)))
+    ref["step.lrs"] = torch.tensor(lrs, dtype=torch.float32)
+    ref["step.wd"] = torch.tensor([STEP_WD], dtype=torch.float32)
+    meta = {"step.lrs": ",".join(repr(lr) for lr in lrs), "step.wd": STEP_WD, "step.mom": 0.9,
+            "step.sqr_mom": 0.99, "step.eps": 1e-5, "step.grad1": grad1, "step.grad2": grad2}
+    return ref, meta
 
 
 TEXTS = [

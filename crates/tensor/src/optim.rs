@@ -205,7 +205,8 @@ mod tests {
         // for decayed parameters only.
         let p = param_with_grad(vec![1.0, -2.0], vec![0.5, -4.0]);
         let bias = param_with_grad(vec![1.0], vec![0.5]);
-        let mut group = ParamGroup::new(vec![p.clone(), bias.clone()], 0.1).without_decay_for(&[bias.clone()]);
+        let mut group =
+            ParamGroup::new(vec![p.clone(), bias.clone()], 0.1).without_decay_for(std::slice::from_ref(&bias));
         group.weight_decay = 0.01;
         let mut opt = Adam::new(vec![group], 1e-8);
         opt.step();

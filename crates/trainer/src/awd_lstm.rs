@@ -9,6 +9,7 @@
 use ulmfit_lstm::op::lstm;
 use ulmfit_lstm::DropMask;
 use ulmfit_tensor::{Result, Rng, Tensor};
+use ulmfit_text::vocab::PAD_ID;
 
 use crate::config::Dropouts;
 
@@ -141,7 +142,8 @@ impl AwdLstm {
         if self.state.first().is_some_and(|(h, _)| h.dim(0) != b) {
             self.state.clear();
         }
-        let mut x = self.embedding.embedding(ids)?; // [T*B, E]
+        // [T*B, E]; fastai's nn.Embedding has padding_idx = xxpad: no gradient into its row.
+        let mut x = self.embedding.embedding_with_padding(ids, PAD_ID)?;
         if train && d.embed_p > 0.0 {
             // Embedding dropout: one keep/drop draw per vocabulary word, gathered per token
             // (same as masking whole rows of the table, without touching all V rows).

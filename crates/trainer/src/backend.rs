@@ -123,7 +123,7 @@ impl ClasSteps for CpuSteps {
         rng: &mut Rng,
         step: usize,
     ) -> Result<f32> {
-        Ok(classifier_train_step(model, opt, batch, labels, plan.step.clip, rng, step)?)
+        Ok(classifier_train_step(model, opt, batch, labels, plan.step, rng, step)?)
     }
 
     fn probs(&mut self, model: &mut Classifier, batch: &DocBatch) -> Result<Vec<Vec<f32>>> {

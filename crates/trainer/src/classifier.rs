@@ -14,8 +14,10 @@
 //! only (BPT3C). `tests/parity_fastai.rs` checks all of this against fastai.
 
 use crate::awd_lstm::AwdLstm;
+use crate::clas_reg::ar_tar;
 use ulmfit_tensor::autograd::Op;
 use ulmfit_tensor::{no_grad, BatchNormStats, Result, Rng, Tensor};
+use ulmfit_text::vocab::PAD_ID;
 
 /// A batch of documents for the classifier: rows sorted by decreasing length.
 pub struct DocBatch {
@@ -24,9 +26,21 @@ pub struct DocBatch {
 }
 
 /// One kept chunk of encoder output: rows `0..rows` over steps `start..start + len`.
-struct Chunk {
-    out: Tensor, // [len, rows, E]
-    start: usize,
+pub(crate) struct Chunk {
+    /// The top layer's output [len, rows, E].
+    pub(crate) out: Tensor,
+    /// First step.
+    pub(crate) start: usize,
+}
+
+/// The encoder's read of one batch: the kept chunks, and where pooling starts.
+struct Encoded {
+    chunks: Vec<Chunk>,
+    lens: Vec<usize>,
+    /// First pooled step of each document, in its own steps.
+    from: Vec<usize>,
+    /// First pooled position in fastai's front-padded layout.
+    first: usize,
 }
 
 /// Concat pooling over the kept chunks: for each document b with length `lens[b]`,
@@ -190,6 +204,38 @@ impl Classifier {
 
     /// Class logits `[B, classes]` for a batch of documents sorted by decreasing length.
     pub fn forward(&mut self, batch: &DocBatch, train: bool, rng: &mut Rng) -> Result<Tensor> {
+        let enc = self.encode(batch, train, rng)?;
+        self.head_forward(&enc, train, rng)
+    }
+
+    /// Training mode: the class logits and fastai's classifier AR/TAR penalty
+    /// `alpha * AR + beta * TAR` (a scalar; `clas_reg.rs`), drawing the same masks as `forward`.
+    pub fn forward_regularized(
+        &mut self,
+        batch: &DocBatch,
+        alpha: f32,
+        beta: f32,
+        rng: &mut Rng,
+    ) -> Result<(Tensor, Tensor)> {
+        let enc = self.encode(batch, true, rng)?;
+        let logits = self.head_forward(&enc, true, rng)?;
+        let reg = if alpha == 0.0 && beta == 0.0 {
+            Tensor::scalar(0.0)
+        } else {
+            ar_tar(&enc.chunks, &enc.lens, self.bptt, enc.first, alpha, beta)
+        };
+        Ok((logits, reg))
+    }
+
+    /// Pooling and the head over the encoder's read.
+    fn head_forward(&self, enc: &Encoded, train: bool, rng: &mut Rng) -> Result<Tensor> {
+        let pooled = concat_pool(&enc.chunks, &enc.lens, &enc.from, self.encoder.cfg.emb_sz)?;
+        let x = self.head[0].forward(&pooled, train, rng)?.relu();
+        self.head[1].forward(&x, train, rng)
+    }
+
+    /// The encoder over the batch in BPT3C chunks, keeping the chunks pooling reads.
+    fn encode(&mut self, batch: &DocBatch, train: bool, rng: &mut Rng) -> Result<Encoded> {
         let lens: Vec<usize> = batch.docs.iter().map(Vec::len).collect();
         if lens.windows(2).any(|w| w[0] < w[1]) || lens.last() == Some(&0) {
             return Err(ulmfit_tensor::Error::BadArgument {
@@ -209,10 +255,10 @@ impl Classifier {
         for start in (0..longest).step_by(self.bptt) {
             let len = self.bptt.min(longest - start);
             let rows = lens.iter().take_while(|&&l| l > start).count();
-            // [len, rows] time-major ids; positions past a document's end read its pad (1).
+            // [len, rows] time-major ids; positions past a document's end read xxpad.
             let mut ids = Vec::with_capacity(len * rows);
             for s in 0..len {
-                ids.extend(batch.docs[..rows].iter().map(|d| d.get(start + s).copied().unwrap_or(1)));
+                ids.extend(batch.docs[..rows].iter().map(|d| d.get(start + s).copied().unwrap_or(PAD_ID)));
             }
             self.encoder.keep_rows(rows)?;
             if (0..rows).any(|b| start + len > from[b]) {
@@ -222,9 +268,7 @@ impl Classifier {
                 no_grad(|| self.encoder.forward(&ids, len, rows, train, rng))?;
             }
         }
-        let pooled = concat_pool(&chunks, &lens, &from, self.encoder.cfg.emb_sz)?;
-        let x = self.head[0].forward(&pooled, train, rng)?.relu();
-        self.head[1].forward(&x, train, rng)
+        Ok(Encoded { chunks, lens, from, first })
     }
 
     /// fastai's classifier parameter groups: embedding, each LSTM layer, head.
@@ -330,7 +374,8 @@ mod gradient_tests {
         let mut model = Classifier::new(AwdLstm::new(cfg, &mut rng), 3, 50, 0.1, &mut rng);
         model.head[1].p = 0.0;
         model.bptt = 8;
-        let batch = DocBatch { docs: vec![vec![2, 5, 6, 7, 3, 9, 10], vec![2, 4, 4, 8], vec![2, 1]] };
+        // No xxpad (1) inside a document: its embedding row gets no gradient (padding_idx).
+        let batch = DocBatch { docs: vec![vec![2, 5, 6, 7, 3, 9, 10], vec![2, 4, 4, 8], vec![2, 3]] };
         let labels = [0, 2, 1];
         let loss = |m: &mut Classifier| -> f32 {
             for blk in &mut m.head {

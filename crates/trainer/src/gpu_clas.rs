@@ -138,6 +138,8 @@ impl ClasSteps for GpuClasSteps<'_> {
             eps: opt.eps,
             weight_decay: first.weight_decay,
             clip: plan.step.clip,
+            alpha: plan.step.alpha,
+            beta: plan.step.beta,
         };
         self.dev.set_step_count(step as u32); // masks follow the stage's step index (resume)
         let loss = self.dev.train_step(&batch.docs, labels, &hyper)?;

@@ -1,7 +1,8 @@
 //! ulmfit-trainer: the ULMFiT method on top of the engine.
 //!
 //! - `awd_lstm.rs`: the AWD-LSTM encoder and tied language model, with fastai's dropouts.
-//! - `classifier.rs`: BPT3C encoder reads, concat pooling, the batch-norm head.
+//! - `classifier.rs`: BPT3C encoder reads, concat pooling, the batch-norm head;
+//!   `clas_reg.rs`: fastai's AR/TAR on the classifier's encoder output.
 //! - `train.rs`: training steps and evaluation loops; `stages.rs`: epochs of a stage.
 //! - `data.rs`: corpora and task splits; `pipeline.rs`: the whole method from one config.
 //! - `schedule.rs`: slanted triangular LR, one-cycle with cyclical momentum, discriminative LRs.
@@ -17,6 +18,7 @@
 pub mod awd_lstm;
 pub mod backend;
 pub mod checkpoint;
+pub mod clas_reg;
 pub mod classifier;
 pub mod config;
 pub mod control;

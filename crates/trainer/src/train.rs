@@ -101,20 +101,22 @@ pub fn lm_evaluate<'a>(
     Ok(((loss_sum / count.max(1) as f64) as f32, correct as f32 / count.max(1) as f32))
 }
 
-/// One classifier training step; returns the loss.
+/// One classifier training step (cross-entropy plus fastai's AR/TAR on the encoder output,
+/// as `TextLearner` trains classifiers); returns the cross-entropy.
 pub fn classifier_train_step(
     model: &mut Classifier,
     opt: &mut Adam,
     batch: &DocBatch,
     labels: &[u32],
-    clip: Option<f32>,
+    cfg: StepConfig,
     rng: &mut Rng,
     step: usize,
 ) -> Result<f32, TrainError> {
-    let logits = model.forward(batch, true, rng)?;
-    let loss = logits.cross_entropy(labels, None)?;
-    optimizer_step(opt, &loss, clip, step)?;
-    Ok(loss.item()?)
+    let (logits, reg) = model.forward_regularized(batch, cfg.alpha, cfg.beta, rng)?;
+    let ce = logits.cross_entropy(labels, None)?;
+    let ce_value = ce.item()?;
+    optimizer_step(opt, &ce.add(&reg)?, cfg.clip, step)?;
+    Ok(ce_value)
 }
 
 /// Class probabilities `[B, C]` (softmax of the logits) for one batch, no dropout.

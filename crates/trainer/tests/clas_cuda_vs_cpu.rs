@@ -7,7 +7,8 @@
 //! weights scaled up, so that batch norm sees features that vary between rows (see
 //! `cpu_model`): batch norm multiplies rounding by 1 / std of its inputs, up to 316.
 //! Compared, each printed with its max relative error: pooled features, logits, loss, every
-//! gradient, the gradient norm, the weights and BN running statistics after one clipped Adam
+//! gradient (of the cross-entropy plus fastai's AR/TAR, which reads documents 9..6 through
+//! their trailing padding), the gradient norm, the weights and BN running statistics after one clipped Adam
 //! step with a learning rate per group, then two steps with frozen groups (unfrozen one step
 //! later: per-group Adam step counts; each from the GPU's state, copied to the CPU), then
 //! eval-mode probabilities. Also: out of GPU memory
@@ -172,7 +173,8 @@ fn cpu_pooled(m: &mut Classifier, docs: &[Vec<u32>]) -> Vec<f32> {
     pooled
 }
 
-/// Discriminative learning rates (fastai's lr / 2.6^k from the head down), decay, clip.
+/// Discriminative learning rates (fastai's lr / 2.6^k from the head down), decay, clip,
+/// fastai's AR/TAR weights.
 fn hyper(c: &ClasConfig, frozen: &[bool]) -> ClasHyper {
     let g = c.groups();
     ClasHyper {
@@ -183,6 +185,8 @@ fn hyper(c: &ClasConfig, frozen: &[bool]) -> ClasHyper {
         eps: 1e-5,
         weight_decay: 0.01,
         clip: Some(0.2),
+        alpha: 2.0,
+        beta: 1.0,
     }
 }
 
@@ -233,22 +237,23 @@ fn sync_cpu_to_gpu(m: &Classifier, opt: &mut Adam, gm: &ClasCuda) {
     }
 }
 
-/// One CPU training step (forward, backward, clip, Adam) with `frozen` groups; returns
-/// (loss, logits, grads before clipping, norm).
-fn cpu_step(m: &mut Classifier, opt: &mut Adam, c: &ClasConfig, frozen: &[bool]) -> (f32, Vec<f32>, ClasWeights, f32) {
+/// One CPU training step (forward, cross-entropy plus AR/TAR of `h`, backward, clip, Adam)
+/// with `frozen` groups; returns (cross-entropy, logits, grads before clipping, norm).
+fn cpu_step(m: &mut Classifier, opt: &mut Adam, c: &ClasConfig, h: &ClasHyper) -> (f32, Vec<f32>, ClasWeights, f32) {
     let (docs, labels) = batch();
-    for (group, &f) in m.param_groups().iter().zip(frozen) {
+    for (group, &f) in m.param_groups().iter().zip(&h.frozen) {
         group.iter().for_each(|p| p.set_requires_grad(!f).unwrap());
     }
     opt.zero_grad();
-    let logits = m.forward(&DocBatch { docs }, true, &mut Rng::new(0)).unwrap();
-    let loss = logits.cross_entropy(&labels, None).unwrap();
-    loss.backward().unwrap();
+    let (logits, reg) = m.forward_regularized(&DocBatch { docs }, h.alpha, h.beta, &mut Rng::new(0)).unwrap();
+    let ce = logits.cross_entropy(&labels, None).unwrap();
+    println!("  CPU AR/TAR {}", reg.item().unwrap());
+    ce.add(&reg).unwrap().backward().unwrap();
     let grads = grads_of(m, c);
     let params: Vec<Tensor> = m.param_groups().into_iter().flatten().collect();
     let norm = clip_grad_norm(&params, 0.2);
     opt.step();
-    (loss.item().unwrap(), logits.to_vec(), grads, norm)
+    (ce.item().unwrap(), logits.to_vec(), grads, norm)
 }
 
 #[test]
@@ -267,7 +272,7 @@ fn clas_step_matches_cpu() {
     let mut opt = cpu_adam(&m, &h);
 
     let pooled = cpu_pooled(&mut m, &docs);
-    let (loss, logits, grads, norm) = cpu_step(&mut m, &mut opt, &c, &all);
+    let (loss, logits, grads, norm) = cpu_step(&mut m, &mut opt, &c, &h);
     let gloss = gm.train_step(&docs, &labels, &h).expect("GPU train step");
     println!("step 1: loss GPU {gloss} CPU {loss}; grad norm CPU {norm}");
     check("pooled", &gm.pooled().unwrap(), &pooled);
@@ -286,8 +291,9 @@ fn clas_step_matches_cpu() {
     frozen[l0] = true;
     for step in 2..=3 {
         let before = gm.moments().unwrap();
-        let (loss, logits, grads, norm) = cpu_step(&mut m, &mut opt, &c, &frozen);
-        let gloss = gm.train_step(&docs, &labels, &hyper(&c, &frozen)).expect("GPU train step");
+        let hf = hyper(&c, &frozen);
+        let (loss, logits, grads, norm) = cpu_step(&mut m, &mut opt, &c, &hf);
+        let gloss = gm.train_step(&docs, &labels, &hf).expect("GPU train step");
         println!("step {step} frozen {frozen:?}: loss GPU {gloss} CPU {loss}; grad norm CPU {norm}");
         check("logits", &gm.logits().unwrap(), &logits);
         check("loss", &[gloss], &[loss]);
@@ -394,7 +400,7 @@ fn clas_dropout_gradients_match_finite_differences() {
     let h = hyper(&c, &vec![false; c.groups()]);
     gm.train_step(&docs, &labels, &h).expect("one step, so the masks of step 1 are in force");
     let w1 = gm.weights().unwrap();
-    let loss = gm.forward_backward(&docs, &labels).expect("forward+backward");
+    let loss = gm.forward_backward(&docs, &labels, [0.0, 0.0]).expect("forward+backward");
     let grads = gm.grads().unwrap();
     // Single weights, the three with the largest gradient in each group: a nudge of one weight
     // crosses few kinks (max pooling and ReLU are only piecewise smooth; a +-1 direction over a
@@ -413,7 +419,7 @@ fn clas_dropout_gradients_match_finite_differences() {
                 at -= t.len();
             }
             gm.set_weights(&w).unwrap();
-            losses[s] = gm.forward_backward(&docs, &labels).expect("forward+backward");
+            losses[s] = gm.forward_backward(&docs, &labels, [0.0, 0.0]).expect("forward+backward");
         }
         (losses[0] - losses[1]) as f64 / (2.0 * eps as f64)
     };

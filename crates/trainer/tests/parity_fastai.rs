@@ -23,6 +23,7 @@ use ulmfit_trainer::classifier::{Classifier, DocBatch};
 use ulmfit_trainer::config::{Config, Dropouts};
 use ulmfit_trainer::gpu_clas::{clas_config, clas_weights};
 use ulmfit_trainer::gpu_lm::lm_weights;
+use ulmfit_trainer::stages::adam;
 
 /// Outputs and losses: relative tolerance.
 const OUT_TOL: f32 = 1e-5;
@@ -320,6 +321,94 @@ fn classifier_with_our_dropout_masks_matches_fastai() {
     classifier_case("masked");
 }
 
+/// Case `{case}` with fastai's classifier AR/TAR (`TextLearner`'s `RNNRegularizer` on the
+/// encoder output, alpha and beta from the metadata): the penalty, the total loss, and every
+/// gradient of the total (`{case}.reg.*`). The "train" documents leave zeros in fastai's
+/// output (a document absent from the last chunk) and run trailing padding in AR/TAR.
+fn classifier_reg_case(case: &str) {
+    let fx = Fixture::load("clas.safetensors");
+    let (mut model, docs) = classifier_and_docs(&fx, case);
+    let named = model.named_tensors();
+    let p = format!("{case}.reg.");
+    let (alpha, beta) = (fx.f32_meta("alpha"), fx.f32_meta("beta"));
+    let mut rng = Rng::new(fx.usize("mask_seed") as u64);
+    let (logits, reg) = model.forward_regularized(&DocBatch { docs }, alpha, beta, &mut rng).expect("forward");
+    check(&format!("classifier {p}ar_tar"), &[reg.item().unwrap()], fx.f32s(&format!("{p}ar_tar")), OUT_TOL);
+    let ce = logits.cross_entropy(&fx.ids(&format!("{case}.labels")), None).expect("loss");
+    let loss = ce.add(&reg).expect("total");
+    check(&format!("classifier {p}loss"), &[loss.item().unwrap()], fx.f32s(&format!("{p}loss")), OUT_TOL);
+    loss.backward().expect("backward");
+    check_grads(&fx, &named, &p);
+}
+
+/// AR/TAR on the classifier, dropouts off.
+#[test]
+fn classifier_ar_tar_matches_fastai() {
+    classifier_reg_case("train");
+}
+
+/// AR/TAR on the classifier with our dropout masks.
+#[test]
+fn classifier_ar_tar_with_our_dropout_masks_matches_fastai() {
+    classifier_reg_case("masked");
+}
+
+/// Two Adam steps as fastai's `Learner` takes them (a learning rate per parameter group,
+/// decoupled weight decay skipping what `wd_bn_bias=False` skips) from the fixture's weights and
+/// gradients (`step.*`): each parameter's group and decay flag against fastai's `do_wd`, then
+/// the weights (1e-5) and the updates (1e-3, relative to the largest) after each step.
+fn adam_steps_match_fastai(fx: &Fixture, named: &[(String, Tensor)], groups: Vec<Vec<Tensor>>, no_decay: &[Tensor]) {
+    let params: Vec<&(String, Tensor)> = named.iter().filter(|(n, _)| !n.contains("running_")).collect();
+    let mut opt = adam(groups, no_decay, fx.f32_meta("step.sqr_mom"), fx.f32_meta("step.eps"));
+    let lrs = fx.f32s("step.lrs");
+    assert_eq!(opt.groups.len(), lrs.len(), "{}: parameter groups", fx.name);
+    for (g, &lr) in opt.groups.iter_mut().zip(lrs) {
+        (g.lr, g.weight_decay, g.betas.0) = (lr, fx.f32s("step.wd")[0], fx.f32_meta("step.mom"));
+    }
+    for (n, t) in &params {
+        let (k, j) = (0..opt.groups.len())
+            .find_map(|k| opt.groups[k].params.iter().position(|p| p.same(t)).map(|j| (k, j)))
+            .unwrap_or_else(|| panic!("{n} is in no parameter group"));
+        assert_eq!(k as i32, fx.ints[&format!("step.group.{n}")][0], "{}: {n}'s group", fx.name);
+        let decays = fx.ints[&format!("step.do_wd.{n}")][0] == 1;
+        assert_eq!(opt.groups[k].decays[j], decays, "{}: {n} decayed (fastai's do_wd)", fx.name);
+    }
+    for step in [1, 2] {
+        let grad = fx.meta[&format!("step.grad{step}")].clone();
+        let before: Vec<Vec<f32>> = params.iter().map(|(_, t)| t.to_vec()).collect();
+        opt.zero_grad();
+        // sum over parameters of <w, G>: its gradient is the fixture's G.
+        let mut loss = Tensor::scalar(0.0);
+        for (n, t) in &params {
+            let g = Tensor::from_vec(fx.f32s(&format!("{grad}{n}")).to_vec(), t.shape()).unwrap();
+            loss = loss.add(&t.mul(&g).unwrap().sum_all().unwrap()).unwrap();
+        }
+        loss.backward().unwrap();
+        opt.step();
+        for ((n, t), b) in params.iter().zip(&before) {
+            let (got, want) = (t.to_vec(), fx.f32s(&format!("step.after{step}.{n}")));
+            check(&format!("{} step {step} {n}", fx.name), &got, want, OUT_TOL);
+            let delta = |w: &[f32]| w.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<f32>>();
+            check(&format!("{} step {step} update of {n}", fx.name), &delta(&got), &delta(want), 1e-3);
+        }
+    }
+}
+
+#[test]
+fn language_model_adam_steps_match_fastai() {
+    let fx = Fixture::load("lm.safetensors");
+    let lm = LanguageModel::new(encoder_config(&fx, Dropouts::lm().scaled(0.0)), &mut Rng::new(0));
+    fx.assign(&lm.named_params());
+    adam_steps_match_fastai(&fx, &lm.named_params(), lm.param_groups(), &lm.no_decay());
+}
+
+#[test]
+fn classifier_adam_steps_match_fastai() {
+    let fx = Fixture::load("clas.safetensors");
+    let (model, _) = classifier_and_docs(&fx, "train");
+    adam_steps_match_fastai(&fx, &model.named_tensors(), model.param_groups(), &model.no_decay());
+}
+
 /// The LM fixture through the CUDA path (`ulmfit_cuda::lm`, FP32, dropout off): two
 /// consecutive batches, state carried; the loss with AR/TAR, every gradient and every
 /// layer's final (h, c) against fastai's. (The device step keeps no logits: its softmax
@@ -395,7 +484,8 @@ fn classifier_on_the_gpu_matches_fastai() {
             );
             continue;
         }
-        let loss = dev.forward_backward(&docs, &fx.ids(&format!("{p}labels"))).expect("forward and backward");
+        let loss =
+            dev.forward_backward(&docs, &fx.ids(&format!("{p}labels")), [0.0, 0.0]).expect("forward and backward");
         check(&format!("gpu classifier {p}logits"), &dev.logits().unwrap(), fx.f32s(&format!("{p}logits")), OUT_TOL);
         check(&format!("gpu classifier {p}loss"), &[loss], fx.f32s(&format!("{p}loss")), OUT_TOL);
         // The device's tensors come in `Classifier::param_groups` order; name them by identity.

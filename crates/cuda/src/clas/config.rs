@@ -128,10 +128,15 @@ pub struct ClasHyper {
     pub weight_decay: f32,
     /// Global gradient-norm clip (None: none).
     pub clip: Option<f32>,
+    /// Weight of fastai's AR on the encoder output (`TextLearner`: 2; 0: none).
+    pub alpha: f32,
+    /// Weight of fastai's TAR on the encoder output (`TextLearner`: 1; 0: none).
+    pub beta: f32,
 }
 
 impl ClasHyper {
-    /// Every group trainable at `lr`, fastai's Adam (0.9, 0.99, eps 1e-5), no decay, no clip.
+    /// Every group trainable at `lr`, fastai's Adam (0.9, 0.99, eps 1e-5), no decay, no clip,
+    /// no AR/TAR.
     pub fn uniform(cfg: &ClasConfig, lr: f32) -> Self {
         let g = cfg.groups();
         ClasHyper {
@@ -142,6 +147,8 @@ impl ClasHyper {
             eps: 1e-5,
             weight_decay: 0.0,
             clip: None,
+            alpha: 0.0,
+            beta: 0.0,
         }
     }
 

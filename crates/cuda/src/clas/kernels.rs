@@ -21,9 +21,10 @@ pub const CLAS_CU: &str = concat!(
 pub const CLAS_CU_NAME: &str = "kernels/clas_*.cu";
 
 /// Every kernel name in `CLAS_CU`.
-pub const NAMES: [&str; 12] = [
+pub const NAMES: [&str; 13] = [
     "clas_pool_fwd",
     "clas_pool_bwd",
+    "clas_ar_tar_bwd",
     "clas_bn_fwd",
     "clas_bn_bwd",
     "clas_relu_fwd",
@@ -156,6 +157,26 @@ impl ClasKernels {
             Arg::I32(e as i32),
         ];
         self.launch(gpu, "clas_pool_bwd", stride_grid(len * rows * e), &args)
+    }
+
+    /// `clas_ar_tar_bwd`: adds fastai's AR/TAR gradient (`ka`, `kt` as in the kernel) to dy
+    /// [len, rows, E] of the chunk at `start`; `table` as [`Self::clas_pool_fwd`]'s.
+    #[allow(clippy::too_many_arguments)]
+    pub fn clas_ar_tar_bwd(
+        &self,
+        gpu: &Gpu,
+        dy: u64,
+        hs: u64,
+        table: [u64; 4],
+        [start, len, rows, e, bptt]: [usize; 5],
+        ka: f32,
+        kt: f32,
+    ) -> Result<()> {
+        let [hs_off, rows_c, lens, from] = table.map(Arg::Ptr);
+        let args = [Arg::Ptr(dy), Arg::Ptr(hs), hs_off, rows_c, lens, from];
+        let sizes = [start, len, rows, e, bptt].map(|v| Arg::I32(v as i32));
+        let ks = [Arg::F32(ka), Arg::F32(kt)];
+        self.launch(gpu, "clas_ar_tar_bwd", stride_grid(len * rows * e), &[&args[..], &sizes[..], &ks[..]].concat())
     }
 
     /// `clas_bn_fwd` over [n, c]: y, xhat, inv_std; running stats updated when `train`.

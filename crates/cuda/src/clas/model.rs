@@ -107,16 +107,22 @@ impl<'g> ClasCuda<'g> {
     ) -> std::result::Result<f32, ClasError> {
         hyper.validate(&self.cfg)?;
         self.step += 1;
-        self.forward_backward(docs, labels)?;
+        self.forward_backward(docs, labels, [hyper.alpha, hyper.beta])?;
         self.update(hyper)?;
         Ok(self.loss()?)
     }
 
     /// Forward and backward of a training step without the update, with the masks of the
     /// current step count (the same masks on every call until the next `train_step`):
-    /// the gradients for [`ClasCuda::grads`]. Updates the BN running statistics like any
-    /// training forward. Returns the mean cross-entropy.
-    pub fn forward_backward(&mut self, docs: &[Vec<u32>], labels: &[u32]) -> std::result::Result<f32, ClasError> {
+    /// the gradients for [`ClasCuda::grads`] of the cross-entropy plus fastai's AR/TAR with
+    /// weights `ar_tar` = [alpha, beta] ([0, 0]: none). Updates the BN running statistics
+    /// like any training forward. Returns the mean cross-entropy.
+    pub fn forward_backward(
+        &mut self,
+        docs: &[Vec<u32>],
+        labels: &[u32],
+        ar_tar: [f32; 2],
+    ) -> std::result::Result<f32, ClasError> {
         if docs.len() < 2 {
             return Err(ClasError::Batch(format!(
                 "training needs at least 2 documents (batch norm), got {}",
@@ -136,7 +142,7 @@ impl<'g> ClasCuda<'g> {
         self.gpu.stream().memcpy_htod(labels, &mut self.head.labels).op("upload labels")?;
         self.gpu.stream().memcpy_htod(&[self.step], &mut self.head.step).op("upload mask counter")?;
         self.forward(&sched, true)?;
-        self.backward(&sched)?;
+        self.backward(&sched, ar_tar)?;
         Ok(self.loss()?)
     }
 

@@ -8,7 +8,7 @@
 //! hash with ids from [`mask_id`]. Dimensions: B documents, E top width, F head features,
 //! C classes, I/H a layer's input and hidden widths.
 
-use super::chunks::{place, Place, Schedule};
+use super::chunks::{place, Place, Schedule, PAD};
 use super::kernels::BnBufs;
 use super::model::ClasCuda;
 use crate::error::Result;
@@ -39,6 +39,16 @@ pub fn mask_id(m: ClasMask) -> u32 {
         ClasMask::Input(c) => 10_001 + 64 * c as u32,
         ClasMask::Hidden(c, l) => 10_002 + 64 * c as u32 + l as u32,
     }
+}
+
+/// The factors (ka, kt) of `clas_ar_tar_bwd` for weights [alpha, beta]: the derivatives'
+/// scales 2 alpha / (B L E) and 2 beta / (B (L-1) E) over fastai's window of L positions
+/// (TAR only for more than one document and position, as fastai).
+fn ar_tar_factors(s: &Schedule, e: usize, [alpha, beta]: [f32; 2]) -> (f32, f32) {
+    let (b, l) = (s.lens.len(), s.lens[0] - s.from[0]);
+    let ka = 2.0 * alpha / (b * l * e) as f32;
+    let kt = if b > 1 && l > 1 { 2.0 * beta / (b * (l - 1) * e) as f32 } else { 0.0 };
+    (ka, kt)
 }
 
 /// A head GEMM operand: `rows x cols` at device address `base` (the GEMM buffer type is an address).
@@ -170,9 +180,10 @@ impl ClasCuda<'_> {
     }
 
     /// The backward of the last training forward: gradients zeroed, the head in reverse,
-    /// then each kept chunk (pooling's dy, layers from the top, the embedding scatter).
-    /// LSTM weight gradients of each chunk are added into the flat gradients.
-    pub(super) fn backward(&self, s: &Schedule) -> Result<()> {
+    /// then each kept chunk (pooling's dy plus the AR/TAR gradient of weights `ar_tar` =
+    /// [alpha, beta], layers from the top, the embedding scatter). LSTM weight gradients of
+    /// each chunk are added into the flat gradients.
+    pub(super) fn backward(&self, s: &Schedule, ar_tar: [f32; 2]) -> Result<()> {
         let (g, cfg, nl) = (self.gpu, &self.cfg, self.cfg.layers);
         let zero = self.layout.total * 4;
         // SAFETY: grads holds layout.total f32.
@@ -182,10 +193,17 @@ impl ClasCuda<'_> {
         let h = &self.head;
         let lens_from = [self.at(&h.lens, 0), self.at(&h.from, 0)];
         let (dpool, argmax) = (self.at(&h.dpool, 0), self.at(&h.argmax, 0));
+        let (ka, kt) = ar_tar_factors(s, cfg.emb, ar_tar);
+        let table = [self.at(&h.hs_off, 0), self.at(&h.rows, 0), lens_from[0], lens_from[1]];
+        let hs = self.layers[nl - 1].base(g, Buf::Hs);
         for (c, ch) in s.chunks.iter().enumerate().rev().filter(|(_, ch)| ch.kept) {
             let tb = ch.len * ch.rows;
             let dy = self.layer_ptr(nl - 1, c, s, Buf::Dy, 0);
             self.k.clas_pool_bwd(g, dy, dpool, argmax, lens_from, ch.start, ch.len, ch.rows, cfg.emb)?;
+            if ka != 0.0 || kt != 0.0 {
+                let sizes = [ch.start, ch.len, ch.rows, cfg.emb, cfg.bptt];
+                self.k.clas_ar_tar_bwd(g, dy, hs, table, sizes, ka, kt)?;
+            }
             for l in (0..nl).rev() {
                 let lay = &self.layers[l];
                 let d = s.dims(c, lay.i, lay.h);
@@ -209,6 +227,12 @@ impl ClasCuda<'_> {
                 }
             }
         }
+        // fastai's embedding has padding_idx = PAD: its row gets no gradient (AR/TAR reaches
+        // the padding steps).
+        let pad_row = self.at(&self.grads, self.layout.offsets[0] + PAD as usize * cfg.emb);
+        // SAFETY: the embedding's slot in grads holds V >= 2 rows of E f32.
+        unsafe { cudarc::driver::result::memset_d8_async(pad_row, 0, cfg.emb * 4, g.stream().cu_stream()) }
+            .map_err(|source| crate::Error::Driver { op: "zero the padding row's gradient".into(), source })?;
         Ok(())
     }
 

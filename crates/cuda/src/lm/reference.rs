@@ -173,7 +173,16 @@ pub fn clip_factor(grads: &[f32], max_norm: f32) -> (f32, f32) {
 /// does it: [`adam`] on every tensor, the decoder bias without weight decay (fastai's
 /// `wd_bn_bias=False`).
 #[allow(clippy::too_many_arguments)]
-pub fn adam_lm(cfg: &LmConfig, w: &mut [f32], m: &mut [f32], v: &mut [f32], grads: &[f32], h: &Hyper, t: u32, scale: f32) {
+pub fn adam_lm(
+    cfg: &LmConfig,
+    w: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    grads: &[f32],
+    h: &Hyper,
+    t: u32,
+    scale: f32,
+) {
     let (bias, rest) = (cfg.vocab * cfg.emb, cfg.vocab * (cfg.emb + 1));
     let no_decay = Hyper { weight_decay: 0.0, ..*h };
     for (range, hy) in [(0..bias, h), (bias..rest, &no_decay), (rest..w.len(), h)] {
