@@ -235,6 +235,20 @@ fn every_plan_operand_of_every_chunk_is_inside_its_buffer() {
                 assert!(at + e <= s.offset(ci + 1, Buf::Hs, e, e), "{lens:?}: doc {b} step {pos} leaves chunk {ci}");
             }
         }
+        // AR/TAR (`clas_ar_tar_bwd`): document b's steps q < stop_b from the window on lie in
+        // kept chunks, and they and their neighbours q +- 1 below stop_b in chunks that run b.
+        let (sl, first) = (s.lens[0], s.from[0]);
+        for (b, &len) in s.lens.iter().enumerate() {
+            let front = (sl - len) / c.bptt * c.bptt;
+            let stop = (len.div_ceil(c.bptt) * c.bptt).min(sl - front);
+            for q in first.saturating_sub(front)..stop {
+                assert!(s.chunks[q / c.bptt].kept, "{lens:?}: doc {b} step {q} (AR/TAR) in a chunk not kept");
+                for t in [q.wrapping_sub(1), q, q + 1].into_iter().filter(|&t| t < stop) {
+                    let ch = s.chunks[t / c.bptt];
+                    assert!(b < ch.rows && t - ch.start < ch.len, "{lens:?}: doc {b} step {t} (AR/TAR) in {ch:?}");
+                }
+            }
+        }
     }
 }
 

@@ -101,7 +101,7 @@ fn clip_and_adam_match_cpu_formulas() {
         return;
     };
     let cfg = small_cfg(strong_dropouts());
-    let h = Hyper { lr: 1e-2, weight_decay: 0.1, clip: 0.05, ..Hyper::default() };
+    let h = Hyper { lr: 1e-2, weight_decay: 1.0, clip: 0.05, ..Hyper::default() };
     let mut model = LmCuda::new(&gpu, cfg.clone(), &LmWeights::init(&cfg, 9), h).expect("build LM");
     let p = LmWeights::init(&cfg, 9).len();
     let (mut m, mut v) = (vec![0.0f32; p], vec![0.0f32; p]);
@@ -144,7 +144,7 @@ fn per_group_lrs_frozen_groups_and_update_counts_match_cpu_formulas() {
         return;
     };
     let cfg = small_cfg(strong_dropouts());
-    let base = Hyper { lr: 1e-2, weight_decay: 0.1, clip: 0.05, ..Hyper::default() };
+    let base = Hyper { lr: 1e-2, weight_decay: 1.0, clip: 0.05, ..Hyper::default() };
     // Group 0 frozen, group 1 with its own LR and momentum and 4 earlier updates, the rest
     // fresh: each group's update must be Adam at its own t with its own settings, and the
     // norm must leave the frozen group out.

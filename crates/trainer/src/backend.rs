@@ -171,7 +171,10 @@ impl Backend {
     ) -> Result<Box<dyn LmSteps + 'a>> {
         Ok(match self {
             Backend::Cpu => Box::new(CpuSteps),
-            Backend::Cuda(gpu) => Box::new(GpuLmSteps::new(gpu, model, opt, plan, bs, bptt, seed)?),
+            Backend::Cuda(gpu) => {
+                decay_as_on_the_device(opt, &model.no_decay())?;
+                Box::new(GpuLmSteps::new(gpu, model, opt, plan, bs, bptt, seed)?)
+            }
         })
     }
 
@@ -186,7 +189,24 @@ impl Backend {
     ) -> Result<Box<dyn ClasSteps + 'a>> {
         Ok(match self {
             Backend::Cpu => Box::new(CpuSteps),
-            Backend::Cuda(gpu) => Box::new(GpuClasSteps::new(gpu, model, opt, bs, seed)?),
+            Backend::Cuda(gpu) => {
+                decay_as_on_the_device(opt, &model.no_decay())?;
+                Box::new(GpuClasSteps::new(gpu, model, opt, bs, seed)?)
+            }
         })
     }
+}
+
+/// The device's update leaves exactly the model's `no_decay` parameters out of weight decay
+/// (fastai's `wd_bn_bias=False`); an optimizer that differs would train differently there.
+fn decay_as_on_the_device(opt: &Adam, no_decay: &[Tensor]) -> Result<()> {
+    let differs = opt
+        .groups
+        .iter()
+        .any(|g| g.params.iter().zip(&g.decays).any(|(p, &decays)| decays == no_decay.iter().any(|e| e.same(p))));
+    anyhow::ensure!(
+        !differs,
+        "the GPU exempts from weight decay exactly the model's no_decay parameters; this optimizer's flags differ"
+    );
+    Ok(())
 }

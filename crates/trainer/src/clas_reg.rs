@@ -11,6 +11,10 @@
 //! holding its last token but at most `sl - f_b` (its trailing padding inside that chunk is run
 //! and counted); elsewhere `out` holds 0 and still counts in the means. Our chunks run every
 //! such step (documents start at step 0 and run whole chunks), so the op reads them there.
+//! (fastai runs the first `real_bs` rows of a chunk, `real_bs` counting the rows not padding
+//! at its start, which is the set above only while those rows are a prefix; where a longer
+//! document's text ends before the last chunk while a shorter one's runs into it, fastai runs
+//! the wrong rows. We run the rows it means to, as for pooling; the fixtures avoid the case.)
 //!
 //! Checked against a direct computation below and against fastai in `tests/parity_fastai.rs`.
 

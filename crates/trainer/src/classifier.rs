@@ -237,11 +237,15 @@ impl Classifier {
     /// The encoder over the batch in BPT3C chunks, keeping the chunks pooling reads.
     fn encode(&mut self, batch: &DocBatch, train: bool, rng: &mut Rng) -> Result<Encoded> {
         let lens: Vec<usize> = batch.docs.iter().map(Vec::len).collect();
-        if lens.windows(2).any(|w| w[0] < w[1]) || lens.last() == Some(&0) {
+        if lens.is_empty() || lens.windows(2).any(|w| w[0] < w[1]) || lens.last() == Some(&0) {
             return Err(ulmfit_tensor::Error::BadArgument {
                 op: "classifier",
                 msg: "documents must be non-empty and sorted longest first".into(),
             });
+        }
+        if self.max_len < self.bptt {
+            let msg = format!("max_len {} < bptt {}: the pooled window could be empty", self.max_len, self.bptt);
+            return Err(ulmfit_tensor::Error::BadArgument { op: "classifier", msg });
         }
         let longest = lens[0];
         // fastai front-pads each document by whole chunks and pools the chunks that start at

@@ -207,7 +207,7 @@ fn doc_batch(data: &Labelled, docs: &[usize]) -> (DocBatch, Vec<u32>) {
 /// Class probabilities of every document of `corpus`, in corpus order (no dropout; batch
 /// norm in eval mode), read in batches of `bs` documents of similar length on `backend`.
 pub fn predict_probs(backend: &Backend, model: &mut Classifier, corpus: &Corpus, bs: usize) -> Result<Vec<Vec<f32>>> {
-    let opt = adam(model.param_groups(), &[], 0.99, 1e-5); // inference: no optimizer state
+    let opt = adam(model.param_groups(), &model.no_decay(), 0.99, 1e-5); // inference: no optimizer state
     let mut steps = backend.clas_steps(model, &opt, bs, 0)?;
     predict_probs_on(steps.as_mut(), model, corpus, bs)
 }

@@ -183,7 +183,7 @@ fn hyper(c: &ClasConfig, frozen: &[bool]) -> ClasHyper {
         beta1: 0.9,
         beta2: 0.99,
         eps: 1e-5,
-        weight_decay: 0.01,
+        weight_decay: 0.5, // large enough that the batch-norm exemption shows (fastai's wd_bn_bias)
         clip: Some(0.2),
         alpha: 2.0,
         beta: 1.0,

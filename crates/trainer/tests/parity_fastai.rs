@@ -464,7 +464,9 @@ fn language_model_on_the_gpu_matches_fastai() {
 
 /// The classifier fixtures through the CUDA path (`ulmfit_cuda::clas`, FP32): eval mode
 /// (logits), and train mode with dropouts 0 (logits, loss, every gradient, the updated
-/// running statistics). The masked case needs our CPU masks, which the device does not draw.
+/// running statistics), then the same batch with fastai's AR/TAR (every gradient of the
+/// total; the device reports the cross-entropy). The masked case needs our CPU masks, which
+/// the device does not draw.
 #[test]
 fn classifier_on_the_gpu_matches_fastai() {
     let Some(gpu) = gpu_or_skip("classifier_on_the_gpu_matches_fastai", false) else { return };
@@ -492,15 +494,22 @@ fn classifier_on_the_gpu_matches_fastai() {
         let named = model.named_tensors();
         let name_of = |t: &Tensor| named.iter().find(|(_, n)| n.same(t)).map(|(n, _)| n.clone()).expect("named");
         let params: Vec<Tensor> = model.param_groups().into_iter().flatten().collect();
-        let grads = dev.grads().expect("gradients");
-        for (t, (_, g)) in params.iter().zip(grads.named()) {
-            let n = name_of(t);
-            check(&format!("gpu classifier {p}grad {n}"), g, fx.f32s(&format!("{p}grad.{n}")), GRAD_TOL);
-        }
+        let check_grads = |dev: &ClasCuda, prefix: &str| {
+            for (t, (_, g)) in params.iter().zip(dev.grads().expect("gradients").named()) {
+                let n = name_of(t);
+                check(&format!("gpu classifier {prefix}grad {n}"), g, fx.f32s(&format!("{prefix}grad.{n}")), GRAD_TOL);
+            }
+        };
+        check_grads(&dev, &p);
         let after = dev.weights().expect("weights");
         let stats = named.iter().filter(|(n, _)| n.contains("running_")).zip(after.stats());
         for ((n, _), got) in stats {
             check(&format!("gpu classifier {p}updated {n}"), got, fx.f32s(&format!("{p}after.{n}")), OUT_TOL);
         }
+        dev.set_weights(&clas_weights(&model)).expect("the fixture's weights and statistics again");
+        let ar_tar = [fx.f32_meta("alpha"), fx.f32_meta("beta")];
+        let loss = dev.forward_backward(&docs, &fx.ids(&format!("{p}labels")), ar_tar).expect("with AR/TAR");
+        check(&format!("gpu classifier {p}loss with AR/TAR on"), &[loss], fx.f32s(&format!("{p}loss")), OUT_TOL);
+        check_grads(&dev, &format!("{p}reg."));
     }
 }

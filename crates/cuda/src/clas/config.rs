@@ -98,6 +98,10 @@ impl ClasConfig {
         if sizes.contains(&0) || c.vocab < 2 {
             return Err(ClasError::Config(format!("every size must be positive (vocab >= 2 for the pad id 1): {c:?}")));
         }
+        if c.max_len < c.bptt {
+            let (m, b) = (c.max_len, c.bptt);
+            return Err(ClasError::Config(format!("max_len {m} < bptt {b}: the pooled window could be empty")));
+        }
         if c.batch * c.bptt * 4 * c.emb.max(c.hidden) >= i32::MAX as usize || c.vocab >= u32::MAX as usize {
             return Err(ClasError::Config(format!("batch {} x bptt {} is too large for one chunk", c.batch, c.bptt)));
         }
