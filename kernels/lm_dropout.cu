@@ -48,8 +48,11 @@ extern "C" __global__ void lm_embed_fwd(float* __restrict__ x, const float* __re
 // Capacity of lm_embed_bwd's shared list of rows (at least twice the largest blockDim).
 #define LM_EMBED_LIST 2048
 
+// The padding token (xxpad): no gradient into its row (fastai's padding_idx; crate::lm::PAD).
+#define LM_PAD 1u
+
 // lm_embed_bwd: demb[v, :] += word(v) * sum over rows q with ids[q] = v, in increasing q, of
-// dx[q, :] * input(b_q, :). Deterministic without atomics: the block of the first row holding a
+// dx[q, :] * input(b_q, :), for every v but LM_PAD. Deterministic without atomics: the block of the first row holding a
 // word owns that word's row of demb; other blocks return at once. The owner lists the rows
 // holding its word in shared memory, in increasing order (a warp ballot per chunk of blockDim
 // rows), and sums them in that order, flushing the list before it can overflow.
@@ -64,6 +67,7 @@ extern "C" __global__ void lm_embed_bwd(float* __restrict__ demb, const float* _
     __shared__ int warp_hits[32];
     const int p = blockIdx.x;
     const unsigned int v = ids[p];
+    if (v == LM_PAD) return;  // the whole block: v is the block's word
     int earlier = 0;
     for (int q = threadIdx.x; q < p; q += blockDim.x) earlier |= ids[q] == v;
     if (__syncthreads_or(earlier)) return;  // a lower row owns word v

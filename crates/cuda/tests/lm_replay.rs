@@ -19,7 +19,7 @@ use ulmfit_cuda::lm::reference::{adam_lm, clip_factor, forward_backward, zero_st
 use ulmfit_cuda::lm::steps::{
     backward_ops, buf_len, check_ops, forward_ops, layer_at, raw_at, update_ops, At, LmBuf, Op,
 };
-use ulmfit_cuda::lm::{Dropouts, Hyper, LmConfig, LmWeights, HYPER_LEN};
+use ulmfit_cuda::lm::{Dropouts, Hyper, LmConfig, LmWeights, HYPER_LEN, PAD};
 use ulmfit_cuda::plan::{Buf, Gemm};
 
 /// Host copies of every device buffer of the step.
@@ -348,7 +348,7 @@ fn run(h: &mut Host, op: &Op) {
             // The block of the first row holding a word owns that word's row.
             for p in 0..n {
                 let v = h.ids[p];
-                if h.ids[..p].contains(&v) {
+                if h.ids[..p].contains(&v) || v == PAD {
                     continue;
                 }
                 let word = keep_scale(kw, v as u64, c.drop.embed);
@@ -409,10 +409,14 @@ fn run(h: &mut Host, op: &Op) {
     }
 }
 
+/// Pseudo-random ids and targets [T, B]; the first id is the padding id, whose embedding row
+/// gets no gradient.
 fn batch(cfg: &LmConfig, salt: u32) -> (Vec<u32>, Vec<u32>) {
     let n = cfg.rows() as u32;
     let tok = |k: u32| (k.wrapping_mul(2654435761).wrapping_add(salt * 97) >> 7) % cfg.vocab as u32;
-    ((0..n).map(tok).collect(), (n..2 * n).map(tok).collect())
+    let mut ids: Vec<u32> = (0..n).map(tok).collect();
+    ids[0] = PAD;
+    (ids, (n..2 * n).map(tok).collect())
 }
 
 /// Two steps (state carried, update after each) replayed against the reference.

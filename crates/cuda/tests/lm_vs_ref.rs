@@ -9,7 +9,7 @@ mod common;
 
 use common::{assert_close, gpu_lock, gpu_or_skip};
 use ulmfit_cuda::lm::reference::{adam, adam_lm, clip_factor, forward_backward, zero_state};
-use ulmfit_cuda::lm::{Dropouts, GroupHyper, Hyper, LmConfig, LmCuda, LmError, LmWeights};
+use ulmfit_cuda::lm::{Dropouts, GroupHyper, Hyper, LmConfig, LmCuda, LmError, LmWeights, PAD};
 use ulmfit_cuda::Gpu;
 
 /// V=50, E=8, H=12, 3 layers, T=5, B=3.
@@ -22,10 +22,14 @@ fn strong_dropouts() -> Dropouts {
 }
 
 /// Deterministic ids and targets [T, B] in the vocabulary (some words repeat).
+/// Pseudo-random ids and targets [T, B]; the first id is the padding id, whose embedding row
+/// gets no gradient.
 fn batch(cfg: &LmConfig, salt: u32) -> (Vec<u32>, Vec<u32>) {
     let n = cfg.rows() as u32;
     let tok = |k: u32| (k.wrapping_mul(2654435761).wrapping_add(salt * 97) >> 7) % cfg.vocab as u32;
-    ((0..n).map(tok).collect(), (n..2 * n).map(tok).collect())
+    let mut ids: Vec<u32> = (0..n).map(tok).collect();
+    ids[0] = PAD;
+    (ids, (n..2 * n).map(tok).collect())
 }
 
 fn compare_weights(what: &str, got: &LmWeights, want: &LmWeights, rtol: f32, atol_rel: f32) {

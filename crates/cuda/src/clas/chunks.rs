@@ -13,8 +13,8 @@ use ulmfit_lstm::LstmDims;
 
 use crate::plan::Buf;
 
-/// The token id the CPU classifier reads past a document's end.
-pub const PAD: u32 = 1;
+/// The token id the CPU classifier reads past a document's end (`xxpad`).
+pub use crate::lm::PAD;
 
 /// One chunk of the schedule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,7 +8,7 @@
 //! hash with ids from [`mask_id`]. Dimensions: B documents, E top width, F head features,
 //! C classes, I/H a layer's input and hidden widths.
 
-use super::chunks::{place, Place, Schedule, PAD};
+use super::chunks::{place, Place, Schedule};
 use super::kernels::BnBufs;
 use super::model::ClasCuda;
 use crate::error::Result;
@@ -227,12 +227,6 @@ impl ClasCuda<'_> {
                 }
             }
         }
-        // fastai's embedding has padding_idx = PAD: its row gets no gradient (AR/TAR reaches
-        // the padding steps).
-        let pad_row = self.at(&self.grads, self.layout.offsets[0] + PAD as usize * cfg.emb);
-        // SAFETY: the embedding's slot in grads holds V >= 2 rows of E f32.
-        unsafe { cudarc::driver::result::memset_d8_async(pad_row, 0, cfg.emb * 4, g.stream().cu_stream()) }
-            .map_err(|source| crate::Error::Driver { op: "zero the padding row's gradient".into(), source })?;
         Ok(())
     }
 

@@ -4,6 +4,10 @@
 
 use ulmfit_lstm::LstmDims;
 
+/// The padding token (`xxpad`): the embedding lookup passes no gradient into its row (fastai's
+/// `padding_idx`; `lm_embed_bwd`); the tied decoder's gradient on that row stays.
+pub const PAD: u32 = 1;
+
 /// Alignment, in f32, of the padded vocabulary ([`LmConfig::vocab_padded`]) and of every
 /// tensor slot of the flat parameter buffer (`super::params::Layout`).
 pub const VOCAB_ALIGN: usize = 64;

@@ -27,6 +27,6 @@ mod readback;
 pub mod reference;
 pub mod steps;
 
-pub use config::{Dropouts, GroupHyper, Hyper, LmConfig, LmError, HYPER_LEN};
+pub use config::{Dropouts, GroupHyper, Hyper, LmConfig, LmError, HYPER_LEN, PAD};
 pub use model::LmCuda;
 pub use params::LmWeights;

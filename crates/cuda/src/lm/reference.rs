@@ -152,8 +152,8 @@ pub fn forward_backward(
         dy =
             if l > 0 { apply_rows(&g.dx, &scales(seed, step, Mask::Hidden(l - 1), bn * d.i, dr.hidden)) } else { g.dx };
     }
-    // Embedding: scatter-add through the input and word masks.
-    for r in 0..n {
+    // Embedding: scatter-add through the input and word masks; none into the padding row.
+    for r in (0..n).filter(|&r| ids[r] != super::PAD) {
         let id = ids[r] as usize;
         for k in 0..e {
             grads.emb[id * e + k] += word[id] * dy[r * e + k] * input[(r % bn) * e + k];
