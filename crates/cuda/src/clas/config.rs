@@ -11,7 +11,7 @@ pub struct ClasDropouts {
     pub embed: f32,
     /// Variational dropout on the embedding output (`input_p`).
     pub input: f32,
-    /// DropConnect on each W_hh (`weight_p`), one mask per step for every chunk.
+    /// DropConnect on each W_hh (`weight_p`), one mask per chunk (fastai's `WeightDropout`).
     pub weight: f32,
     /// Variational dropout between LSTM layers (`hidden_p`).
     pub hidden: f32,

@@ -18,8 +18,8 @@ use crate::plan::{backward_plan, check_bounds, forward_plan, mat, transposed, Bu
 /// The masks of the step (the `tensor` ids of the LM's hash).
 #[derive(Clone, Copy, Debug)]
 pub enum ClasMask {
-    /// DropConnect on layer l's W_hh (one per step, shared by the chunks).
-    Weight(usize),
+    /// DropConnect on layer l's W_hh in chunk c (fastai's `WeightDropout` draws one per call).
+    Weight(usize, usize),
     /// Head dropout k (0: before linear 1, 1: before linear 2), elementwise [B, width].
     Head(usize),
     /// Embedding dropout of chunk c (one draw per vocabulary word).
@@ -30,14 +30,14 @@ pub enum ClasMask {
     Hidden(usize, usize),
 }
 
-/// The id hashed for mask `m` (distinct for < 60 layers).
+/// The id hashed for mask `m` (distinct for < 60 layers: 128 ids per chunk).
 pub fn mask_id(m: ClasMask) -> u32 {
     match m {
-        ClasMask::Weight(l) => 1000 + l as u32,
         ClasMask::Head(k) => 3000 + k as u32,
-        ClasMask::Word(c) => 10_000 + 64 * c as u32,
-        ClasMask::Input(c) => 10_001 + 64 * c as u32,
-        ClasMask::Hidden(c, l) => 10_002 + 64 * c as u32 + l as u32,
+        ClasMask::Word(c) => 10_000 + 128 * c as u32,
+        ClasMask::Input(c) => 10_001 + 128 * c as u32,
+        ClasMask::Hidden(c, l) => 10_002 + 128 * c as u32 + l as u32,
+        ClasMask::Weight(c, l) => 10_064 + 128 * c as u32 + l as u32,
     }
 }
 
@@ -80,6 +80,15 @@ impl ClasCuda<'_> {
         self.lm.lm_dropout(self.gpu, out, inp, n, period, p, mask_id(m), seed, step)
     }
 
+    /// Layer l's W_hh into its `whh` buffer: with chunk c's DropConnect mask (`Some(c)`), or
+    /// as it is (`None`: eval, or no DropConnect). The backward masks dW_hh with the same mask.
+    fn mask_whh(&self, l: usize, chunk: Option<usize>) -> Result<()> {
+        let lay = &self.layers[l];
+        let (n, w_hh) = (4 * lay.h * lay.h, self.at(&self.params, self.layout.layer(l)[1]));
+        let p = if chunk.is_some() { self.cfg.drop.weight } else { 0.0 };
+        self.dropout(self.at(&lay.whh, 0), w_hh, n, n, p, ClasMask::Weight(chunk.unwrap_or(0), l))
+    }
+
     /// The embedding masks of chunk c: (p, id) of word and input dropout.
     fn embed_masks(&self, c: usize, train: bool) -> [(f32, u32); 2] {
         let d = self.cfg.drop;
@@ -87,17 +96,15 @@ impl ClasCuda<'_> {
         [(p(d.embed), mask_id(ClasMask::Word(c))), (p(d.input), mask_id(ClasMask::Input(c)))]
     }
 
-    /// The forward: masked W_hh per layer, every chunk through the encoder (layer by layer,
-    /// hidden dropout between), concat pooling, head, then the loss (`train`) or the
-    /// probabilities (eval, into the dlogits buffer).
+    /// The forward: every chunk through the encoder (layer by layer, each with W_hh masked
+    /// for the chunk, hidden dropout between), concat pooling, head, then the loss (`train`)
+    /// or the probabilities (eval, into the dlogits buffer).
     pub(super) fn forward(&self, s: &Schedule, train: bool) -> Result<()> {
         let (g, cfg, nl) = (self.gpu, &self.cfg, self.cfg.layers);
         let on = |p: f32| if train { p } else { 0.0 };
-        for (l, lay) in self.layers.iter().enumerate() {
-            let (n, w_hh) = (4 * lay.h * lay.h, self.at(&self.params, self.layout.layer(l)[1]));
-            let (seed, step) = (cfg.seed, self.at(&self.head.step, 0));
-            let id = mask_id(ClasMask::Weight(l));
-            self.lm.lm_dropout(g, self.at(&lay.whh, 0), w_hh, n, n, on(cfg.drop.weight), id, seed, step)?;
+        let per_chunk = on(cfg.drop.weight) > 0.0;
+        if !per_chunk {
+            (0..nl).try_for_each(|l| self.mask_whh(l, None))?;
         }
         for (c, ch) in s.chunks.iter().enumerate() {
             let tb = ch.len * ch.rows;
@@ -106,6 +113,9 @@ impl ClasCuda<'_> {
             let (seed, step) = (cfg.seed, self.at(&self.head.step, 0));
             self.lm.lm_embed_fwd(g, x0, emb, ids, tb, ch.rows, cfg.emb, self.embed_masks(c, train), seed, step)?;
             for l in 0..nl {
+                if per_chunk {
+                    self.mask_whh(l, Some(c))?;
+                }
                 let lay = &self.layers[l];
                 let d = s.dims(c, lay.i, lay.h);
                 let plan = forward_plan(d);
@@ -205,6 +215,9 @@ impl ClasCuda<'_> {
                 self.k.clas_ar_tar_bwd(g, dy, hs, table, sizes, ka, kt)?;
             }
             for l in (0..nl).rev() {
+                if cfg.drop.weight > 0.0 {
+                    self.mask_whh(l, Some(c))?; // the forward's mask of this chunk
+                }
                 let lay = &self.layers[l];
                 let d = s.dims(c, lay.i, lay.h);
                 let plan = backward_plan(d);
@@ -236,7 +249,7 @@ impl ClasCuda<'_> {
         let (g, lay) = (self.gpu, &self.layers[l]);
         let (i, h4) = (lay.i, 4 * lay.h);
         let dw_hh = self.layer_ptr(l, c, s, Buf::DwHh, 0);
-        self.dropout(dw_hh, dw_hh, h4 * lay.h, h4 * lay.h, self.cfg.drop.weight, ClasMask::Weight(l))?;
+        self.dropout(dw_hh, dw_hh, h4 * lay.h, h4 * lay.h, self.cfg.drop.weight, ClasMask::Weight(c, l))?;
         let [w_ih, w_hh, b_ih, b_hh] = self.layout.layer(l).map(|off| self.at(&self.grads, off));
         self.k.clas_add(g, w_ih, self.layer_ptr(l, c, s, Buf::DwIh, 0), h4 * i)?;
         self.k.clas_add(g, w_hh, dw_hh, h4 * lay.h)?;
@@ -301,5 +314,24 @@ impl ClasCuda<'_> {
             self.k.clas_adam(g, wmv, grad, end - start, clip, hyper.lrs[k], consts, self.group_steps[k])?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{mask_id, ClasMask};
+
+    /// Every mask of a step hashes a different id (60 layers, 100 chunks, both head masks).
+    #[test]
+    fn mask_ids_are_distinct() {
+        let mut ids: Vec<u32> = (0..2).map(|k| mask_id(ClasMask::Head(k))).collect();
+        for c in 0..100 {
+            ids.extend([mask_id(ClasMask::Word(c)), mask_id(ClasMask::Input(c))]);
+            ids.extend((0..60).flat_map(|l| [mask_id(ClasMask::Hidden(c, l)), mask_id(ClasMask::Weight(c, l))]));
+        }
+        let n = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "two masks share an id");
     }
 }
