@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::assert_close;
+use common::{assert_close, lm_batch};
 use ulmfit_cuda::lm::kernels::NORM_BLOCKS;
 use ulmfit_cuda::lm::mask::{keep_scale, mask_key, Mask};
 use ulmfit_cuda::lm::params::Layout;
@@ -409,16 +409,6 @@ fn run(h: &mut Host, op: &Op) {
     }
 }
 
-/// Pseudo-random ids and targets [T, B]; the first id is the padding id, whose embedding row
-/// gets no gradient.
-fn batch(cfg: &LmConfig, salt: u32) -> (Vec<u32>, Vec<u32>) {
-    let n = cfg.rows() as u32;
-    let tok = |k: u32| (k.wrapping_mul(2654435761).wrapping_add(salt * 97) >> 7) % cfg.vocab as u32;
-    let mut ids: Vec<u32> = (0..n).map(tok).collect();
-    ids[0] = PAD;
-    (ids, (n..2 * n).map(tok).collect())
-}
-
 /// Two steps (state carried, update after each) replayed against the reference.
 fn replay(cfg: &LmConfig) {
     println!("replay {cfg:?}");
@@ -433,7 +423,7 @@ fn replay(cfg: &LmConfig) {
     let (mut state, mut flat) = (zero_state(cfg), w.flatten());
     let (mut m, mut v) = (vec![0.0f32; flat.len()], vec![0.0f32; flat.len()]);
     for step in 1..=2u32 {
-        let (ids, targets) = batch(cfg, step);
+        let (ids, targets) = lm_batch(cfg, step);
         (host.ids, host.targets) = (ids.clone(), targets.clone());
         fwd.iter().chain(&bwd).for_each(|op| run(&mut host, op));
         w.unflatten(&flat);

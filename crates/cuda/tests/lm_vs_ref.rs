@@ -7,9 +7,9 @@
 
 mod common;
 
-use common::{assert_close, gpu_lock, gpu_or_skip};
+use common::{assert_close, gpu_lock, gpu_or_skip, lm_batch};
 use ulmfit_cuda::lm::reference::{adam, adam_lm, clip_factor, forward_backward, zero_state};
-use ulmfit_cuda::lm::{Dropouts, GroupHyper, Hyper, LmConfig, LmCuda, LmError, LmWeights, PAD};
+use ulmfit_cuda::lm::{Dropouts, GroupHyper, Hyper, LmConfig, LmCuda, LmError, LmWeights};
 use ulmfit_cuda::Gpu;
 
 /// V=50, E=8, H=12, 3 layers, T=5, B=3.
@@ -19,17 +19,6 @@ fn small_cfg(drop: Dropouts) -> LmConfig {
 
 fn strong_dropouts() -> Dropouts {
     Dropouts { embed: 0.1, input: 0.2, weight: 0.2, hidden: 0.2, output: 0.2 }
-}
-
-/// Deterministic ids and targets [T, B] in the vocabulary (some words repeat).
-/// Pseudo-random ids and targets [T, B]; the first id is the padding id, whose embedding row
-/// gets no gradient.
-fn batch(cfg: &LmConfig, salt: u32) -> (Vec<u32>, Vec<u32>) {
-    let n = cfg.rows() as u32;
-    let tok = |k: u32| (k.wrapping_mul(2654435761).wrapping_add(salt * 97) >> 7) % cfg.vocab as u32;
-    let mut ids: Vec<u32> = (0..n).map(tok).collect();
-    ids[0] = PAD;
-    (ids, (n..2 * n).map(tok).collect())
 }
 
 fn compare_weights(what: &str, got: &LmWeights, want: &LmWeights, rtol: f32, atol_rel: f32) {
@@ -49,7 +38,7 @@ fn check_two_steps(gpu: &Gpu, cfg: &LmConfig, graphs: bool, rtol: f32, atol_rel:
     }
     let mut state = zero_state(cfg);
     for step in 1..=2u32 {
-        let (ids, targets) = batch(cfg, step);
+        let (ids, targets) = lm_batch(cfg, step);
         model.set_batch(&ids, &targets).expect("upload batch");
         model.forward_backward().expect("forward+backward");
         let want = forward_backward(cfg, &w, &state, &ids, &targets, step);
@@ -110,7 +99,7 @@ fn clip_and_adam_match_cpu_formulas() {
     let p = LmWeights::init(&cfg, 9).len();
     let (mut m, mut v) = (vec![0.0f32; p], vec![0.0f32; p]);
     for step in 1..=2u32 {
-        let (ids, targets) = batch(&cfg, step);
+        let (ids, targets) = lm_batch(&cfg, step);
         model.set_batch(&ids, &targets).expect("batch");
         model.forward_backward().expect("forward+backward");
         let before = model.weights().expect("weights").flatten();
@@ -165,7 +154,7 @@ fn per_group_lrs_frozen_groups_and_update_counts_match_cpu_formulas() {
     let mut moments: Vec<(Vec<f32>, Vec<f32>)> =
         w0.named().iter().map(|(_, t)| (vec![0.0; t.len()], vec![0.0; t.len()])).collect();
     for step in 1..=2u32 {
-        let (ids, targets) = batch(&cfg, step);
+        let (ids, targets) = lm_batch(&cfg, step);
         let ups: Vec<GroupHyper> = groups.iter().map(|g| GroupHyper { updates: g.updates + step - 1, ..*g }).collect();
         model.set_groups(&ups).expect("set groups");
         model.set_batch(&ids, &targets).expect("batch");
@@ -213,7 +202,7 @@ fn evaluate_matches_reference_without_dropout() {
     let off = LmConfig { drop: Dropouts::off(), ..cfg.clone() };
     let mut state = zero_state(&cfg);
     for k in 1..=2u32 {
-        let (ids, targets) = batch(&cfg, k);
+        let (ids, targets) = lm_batch(&cfg, k);
         let ce = model.evaluate(&ids, &targets).expect("evaluate");
         let want = forward_backward(&off, &w, &state, &ids, &targets, k);
         println!("eval batch {k}: cross-entropy {ce} (cpu, dropout off: {})", want.loss[1]);
@@ -238,7 +227,7 @@ fn dropout_steps_repeat_bit_for_bit() {
         }
         let losses = (1..=3)
             .map(|s| {
-                let (i, t) = batch(&cfg, s);
+                let (i, t) = lm_batch(&cfg, s);
                 model.step(&i, &t).expect("step")
             })
             .collect();
@@ -256,7 +245,7 @@ fn dropout_steps_repeat_bit_for_bit() {
     let mut other =
         LmCuda::new(&gpu, LmConfig { seed: 12, ..cfg.clone() }, &LmWeights::init(&cfg, 1), Hyper::default())
             .expect("build LM");
-    let (i, t) = batch(&cfg, 1);
+    let (i, t) = lm_batch(&cfg, 1);
     assert!(other.step(&i, &t).expect("step") != a.0[0], "seed 12 gave the same loss as seed 11");
 }
 
@@ -271,7 +260,7 @@ fn loss_decreases_along_the_cpu_trajectory() {
     let w = LmWeights::init(&cfg, 5);
     let mut model = LmCuda::new(&gpu, cfg.clone(), &w, h).expect("build LM");
     model.capture_graphs().expect("capture graphs");
-    let (ids, targets) = batch(&cfg, 1);
+    let (ids, targets) = lm_batch(&cfg, 1);
     // The CPU twin of the same 20 steps: reference step, clip, Adam.
     let (mut flat, mut state) = (w.flatten(), zero_state(&cfg));
     let (mut m, mut v) = (vec![0.0; flat.len()], vec![0.0; flat.len()]);
@@ -299,7 +288,7 @@ fn bad_batches_are_errors() {
     };
     let cfg = small_cfg(Dropouts::off());
     let mut model = LmCuda::new(&gpu, cfg.clone(), &LmWeights::init(&cfg, 1), Hyper::default()).expect("build LM");
-    let (mut ids, targets) = batch(&cfg, 1);
+    let (mut ids, targets) = lm_batch(&cfg, 1);
     ids[4] = 50;
     match model.set_batch(&ids, &targets) {
         Err(e @ LmError::Batch(_)) => assert!(e.to_string().contains("ids[4] = 50"), "{e}"),

@@ -215,8 +215,9 @@ impl ClasCuda<'_> {
                 self.k.clas_ar_tar_bwd(g, dy, hs, table, sizes, ka, kt)?;
             }
             for l in (0..nl).rev() {
-                if cfg.drop.weight > 0.0 {
-                    self.mask_whh(l, Some(c))?; // the forward's mask of this chunk
+                // The forward's mask of this chunk (the last chunk's is still in place).
+                if cfg.drop.weight > 0.0 && c + 1 < s.chunks.len() {
+                    self.mask_whh(l, Some(c))?;
                 }
                 let lay = &self.layers[l];
                 let d = s.dims(c, lay.i, lay.h);

@@ -123,7 +123,7 @@ pub enum Op {
     LossSum,
     /// `lm_reg_bwd`: the top layer's Dy from DDropped, Dropped and the raw output.
     RegBwd,
-    /// `lm_embed_bwd`: Grads[emb] += scatter of Layer(0, Dx) by Ids.
+    /// `lm_embed_bwd`: Grads[emb] += scatter of Layer(0, Dx) by Ids (none into `PAD`'s row).
     EmbedBwd,
     /// `lm_sumsq_partial`: group g's share of Partial from its range of Grads.
     SumsqPartial {

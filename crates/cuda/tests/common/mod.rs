@@ -1,6 +1,7 @@
-//! Shared by the CUDA tests: random layers, the comparison that fails loudly, the GPU and NVRTC skips.
+//! Shared by the CUDA tests: random layers and LM batches, the comparison that fails loudly, the GPU and NVRTC skips.
 #![allow(dead_code)] // each test file uses a different subset
 
+use ulmfit_cuda::lm::{LmConfig, PAD};
 use ulmfit_lstm::{LstmDims, LstmParams};
 
 /// Deterministic uniform floats in [-scale, scale) (64-bit LCG; no rand dependency).
@@ -109,4 +110,14 @@ pub fn compiles_with_every_kernel(file: &'static str, src: &'static str, names: 
         assert!(text.contains(&format!(".entry {name}(")), "{file}: PTX lacks kernel {name}");
     }
     println!("{file} -> {} bytes of PTX, {} kernels", text.len(), names.len());
+}
+
+/// Pseudo-random ids and targets [T, B]; the first id is the padding id, whose embedding row
+/// gets no gradient.
+pub fn lm_batch(cfg: &LmConfig, salt: u32) -> (Vec<u32>, Vec<u32>) {
+    let n = cfg.rows() as u32;
+    let tok = |k: u32| (k.wrapping_mul(2654435761).wrapping_add(salt * 97) >> 7) % cfg.vocab as u32;
+    let mut ids: Vec<u32> = (0..n).map(tok).collect();
+    ids[0] = PAD;
+    (ids, (n..2 * n).map(tok).collect())
 }
