@@ -12,6 +12,20 @@ fn data_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data")))
 }
 
+/// The data directory and a fresh scratch directory `ulmfit-cli-{name}-PID`, or None after a
+/// skip line when the data directory lacks `needs`.
+fn setup(name: &str, needs: &str) -> Option<(PathBuf, PathBuf)> {
+    let data = data_dir();
+    if !data.join(needs).exists() {
+        println!("skip: no {needs} under {} (set ULMFIT_DATA)", data.display());
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("ulmfit-cli-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    Some((data, dir))
+}
+
 fn ulmfit(args: &[&str], config: &Path, out: &Path) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_ulmfit"))
         .args(args)
@@ -33,14 +47,7 @@ fn json(out: &Output) -> serde_json::Value {
 
 #[test]
 fn stage_commands_chain_and_eval() {
-    let data = data_dir();
-    if !data.join("trec/train_5500.label").exists() {
-        println!("skip: no trec under {} (set ULMFIT_DATA)", data.display());
-        return;
-    }
-    let dir = std::env::temp_dir().join(format!("ulmfit-cli-stages-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::create_dir_all(&dir).unwrap();
+    let Some((data, dir)) = setup("stages", "trec/train_5500.label") else { return };
     let config = dir.join("tiny.toml");
     std::fs::write(
         &config,
@@ -108,14 +115,7 @@ lr = 1e-2
 #[test]
 fn sigterm_saves_the_state_and_resume_finishes() {
     use std::io::{BufRead, BufReader};
-    let data = data_dir();
-    if !data.join("trec/TREC_10.label").exists() {
-        println!("skip: no trec under {} (set ULMFIT_DATA)", data.display());
-        return;
-    }
-    let dir = std::env::temp_dir().join(format!("ulmfit-cli-sigterm-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::create_dir_all(&dir).unwrap();
+    let Some((data, dir)) = setup("sigterm", "trec/TREC_10.label") else { return };
     let config = dir.join("long.toml");
     let text = format!(
         "[data]\nroot = \"{}\"\nlm_train = \"trec/TREC_10.label\"\nlm_valid = \"trec/TREC_10.label\"\n\n\
@@ -188,13 +188,7 @@ fn predict_refuses_empty_input_and_language_models() {
 /// with only TREC-6 in the data directory fails on its missing model, not on WikiText-2.
 #[test]
 fn task_only_commands_do_not_fetch_the_pretraining_corpus() {
-    let data = data_dir();
-    if !data.join("trec/train_5500.label").exists() {
-        println!("skip: no trec under {} (set ULMFIT_DATA)", data.display());
-        return;
-    }
-    let dir = std::env::temp_dir().join(format!("ulmfit-cli-task-only-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
+    let Some((data, dir)) = setup("task-only", "trec/train_5500.label") else { return };
     std::fs::create_dir_all(dir.join("data")).unwrap();
     std::os::unix::fs::symlink(data.join("trec"), dir.join("data/trec")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ulmfit"))
