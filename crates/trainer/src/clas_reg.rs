@@ -38,13 +38,16 @@ impl Sources {
         let sl = lens[0];
         let len = sl - first;
         let mut at = vec![None; lens.len() * len];
+        // Index in `chunks` of the kept chunk starting at k * bptt.
+        let mut kept = vec![None; sl.div_ceil(bptt)];
+        chunks.iter().enumerate().for_each(|(ci, c)| kept[c.start / bptt] = Some(ci));
         for (b, &len_b) in lens.iter().enumerate() {
             let front = (sl - len_b) / bptt * bptt;
             let stop = (len_b.div_ceil(bptt) * bptt).min(sl - front);
             for p in 0..len {
                 let Some(q) = (first + p).checked_sub(front).filter(|&q| q < stop) else { continue };
                 let start = q / bptt * bptt;
-                let ci = chunks.iter().position(|c| c.start == start).expect("ar_tar: a pooled step's chunk is kept");
+                let ci = kept[q / bptt].expect("ar_tar: a pooled step's chunk is kept");
                 assert!(b < chunks[ci].out.dim(1), "ar_tar: document {b} did not run the chunk at {start}");
                 at[b * len + p] = Some((ci, q - start));
             }
