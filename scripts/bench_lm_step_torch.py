@@ -13,6 +13,7 @@ tokens/s = B*T / median step time.
 
     OMP_NUM_THREADS=2 python3 scripts/bench_lm_step_torch.py [--device cpu|cuda] [--tf32]
         [--ours target/release/ulmfit] [--plain] [--steps 20]
+        [--vocab 33278 --emb 400 --hidden 1152 --layers 3 --batch 64 --seq 70]
 """
 import argparse, json, statistics, subprocess, sys, time, warnings
 
@@ -105,23 +106,24 @@ class PlainAwdLstmLM(nn.Module):
         return self.decoder(dropped), out, dropped
 
 
-def build_model(vocab, plain):
+def build_model(vocab, emb, hid, n_layers, plain):
     if not plain:
         try:
             from fastai.text.models.awdlstm import AWD_LSTM, awd_lstm_lm_config
             from fastai.text.models.core import get_language_model
-            return get_language_model(AWD_LSTM, vocab, config=dict(awd_lstm_lm_config)), "fastai"
+            config = dict(awd_lstm_lm_config, emb_sz=emb, n_hid=hid, n_layers=n_layers)
+            return get_language_model(AWD_LSTM, vocab, config=config), "fastai"
         except ImportError:
             pass
-    return PlainAwdLstmLM(vocab), "plain PyTorch"
+    return PlainAwdLstmLM(vocab, emb, hid, n_layers), "plain PyTorch"
 
 
-def time_torch(device, vocab, bs, bptt, steps, tf32, plain):
+def time_torch(device, vocab, emb, hid, n_layers, bs, bptt, steps, tf32, plain):
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
     torch.manual_seed(0)
-    model, kind = build_model(vocab, plain)
+    model, kind = build_model(vocab, emb, hid, n_layers, plain)
     model = model.to(device)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-5)
@@ -156,6 +158,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--vocab", type=int, default=33278)
+    ap.add_argument("--emb", type=int, default=400, help="embedding size (also the last layer's)")
+    ap.add_argument("--hidden", type=int, default=1152, help="hidden size of the other layers")
+    ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seq", type=int, default=70)
     ap.add_argument("--steps", type=int, default=20)
@@ -169,6 +174,7 @@ def main():
     ours = None
     if args.ours:
         cmd = [args.ours, "bench", "lm-step", "--device", args.device, "--vocab", str(args.vocab),
+               "--emb", str(args.emb), "--hidden", str(args.hidden), "--layers", str(args.layers),
                "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps), "--json"]
         if args.tf32:
             cmd.append("--tf32")
@@ -177,11 +183,12 @@ def main():
             ours = json.loads(run.stdout.strip().splitlines()[-1])
         else:  # still time PyTorch, and say why ours is missing
             print(f"ulmfit-rs failed (rc {run.returncode}): {run.stderr.strip()[-2000:]}")
-    secs, kind, losses = time_torch(args.device, args.vocab, args.batch, args.seq, args.steps,
-                                    args.tf32, args.plain)
+    secs, kind, losses = time_torch(args.device, args.vocab, args.emb, args.hidden, args.layers,
+                                    args.batch, args.seq, args.steps, args.tf32, args.plain)
     torch_tps = tokens / secs
     prec = "tf32" if args.tf32 else "fp32"
-    print(f"AWD-LSTM LM step, V={args.vocab} B={args.batch} T={args.seq} on {args.device} ({prec})")
+    sizes = "-".join(map(str, [args.emb] + [args.hidden] * (args.layers - 1) + [args.emb]))
+    print(f"AWD-LSTM LM step, V={args.vocab} {sizes} B={args.batch} T={args.seq} on {args.device} ({prec})")
     print(f"  PyTorch ({kind}): {secs * 1e3:9.2f} ms  {torch_tps:10.0f} tokens/s"
           f"  (median of {args.steps}; loss {losses[0]:.3f} -> {losses[-1]:.3f})")
     if ours:

@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Result};
 use clap::{Args, Subcommand};
 
+use super::bench_lm::LmShape;
 use super::Device;
 use ulmfit_lstm::{layer, reference, Isa, LstmDims, LstmStack};
 
@@ -27,6 +28,15 @@ pub struct LmStepArgs {
     /// Vocabulary size V of the tied decoder.
     #[arg(long, default_value_t = 33278)]
     vocab: usize,
+    /// Embedding size E (also the last LSTM layer's width).
+    #[arg(long, default_value_t = 400)]
+    emb: usize,
+    /// Hidden size H of the other LSTM layers.
+    #[arg(long, default_value_t = 1152)]
+    hidden: usize,
+    /// Number of LSTM layers.
+    #[arg(long, default_value_t = 3)]
+    layers: usize,
     /// Batch size B.
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -122,10 +132,16 @@ impl LstmCase {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Lstm(args) => lstm(args),
-        BenchCommand::LmStep(a) => match a.device {
-            Device::Cpu => super::bench_lm::lm_step_cpu(a.vocab, a.batch, a.seq, a.steps, a.json),
-            Device::Cuda => super::bench_cuda::lm_step(a.vocab, a.batch, a.seq, a.steps, a.tf32, a.json),
-        },
+        BenchCommand::LmStep(a) => {
+            let shape =
+                LmShape { vocab: a.vocab, emb: a.emb, hidden: a.hidden, layers: a.layers, batch: a.batch, seq: a.seq };
+            shape.check()?;
+            ensure!(a.steps > 0, "--steps must be positive");
+            match a.device {
+                Device::Cpu => super::bench_lm::lm_step_cpu(&shape, a.steps, a.json),
+                Device::Cuda => super::bench_cuda::lm_step(&shape, a.steps, a.tf32, a.json),
+            }
+        }
     }
 }
 

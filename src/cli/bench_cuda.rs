@@ -17,6 +17,7 @@ use ulmfit_lstm::{reference, LstmDims, LstmParams};
 use ulmfit_tensor::Rng;
 
 use super::bench::LstmCase;
+use super::bench_lm::LmShape;
 
 /// Warm-up runs before timing, and bounds on the timed repeats.
 const WARMUP: usize = 3;
@@ -302,11 +303,11 @@ fn median_ms(steps: usize, mut run: impl FnMut() -> anyhow::Result<()>) -> anyho
 /// download, op by op and replayed from CUDA graphs. With `--json` the last line printed is
 /// the graphs result (`scripts/bench_lm_step_torch.py` reads it); the text output ends with
 /// the time of each phase of the step.
-pub fn lm_step(vocab: usize, batch: usize, seq: usize, steps: usize, tf32: bool, json: bool) -> anyhow::Result<()> {
-    anyhow::ensure!(vocab > 1 && batch > 0 && seq > 0 && steps > 0, "vocab, batch, seq and steps must be positive");
+pub fn lm_step(shape: &LmShape, steps: usize, tf32: bool, json: bool) -> anyhow::Result<()> {
+    let LmShape { vocab, batch, seq, .. } = *shape;
     let gpu = Gpu::new(tf32)?;
     let worst = check_lm_against_reference(&gpu).context("checking before timing")?;
-    let case = format!("awd-lstm lm-step V{vocab} B{batch} T{seq}");
+    let case = shape.case();
     if !json {
         println!(
             "bench lm-step {case} on cuda: {}, {}; check vs reference (V97 T6 B3): max rel diff {worst:.1e}",
@@ -314,9 +315,13 @@ pub fn lm_step(vocab: usize, batch: usize, seq: usize, steps: usize, tf32: bool,
             if tf32 { "tf32" } else { "fp32" }
         );
     }
-    let cfg = LmConfig::awd_lstm(vocab, seq, batch);
-    let mut model =
-        LmCuda::new(&gpu, cfg, &LmWeights::init(&LmConfig::awd_lstm(vocab, seq, batch), 0), Hyper::default())?;
+    let cfg = LmConfig {
+        emb: shape.emb,
+        hidden: shape.hidden,
+        layers: shape.layers,
+        ..LmConfig::awd_lstm(vocab, seq, batch)
+    };
+    let mut model = LmCuda::new(&gpu, cfg.clone(), &LmWeights::init(&cfg, 0), Hyper::default())?;
     let mut rng = Rng::new(1);
     let ids: Vec<u32> = (0..(seq + 1) * batch).map(|_| rng.below(vocab) as u32).collect();
     let (x, y) = (&ids[..seq * batch], &ids[batch..]);

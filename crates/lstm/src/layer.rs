@@ -21,12 +21,12 @@ use std::ops::Range;
 
 use crate::batched;
 use crate::cell::{self, CellBwd, CellFwd, Isa};
-use crate::pool;
 use crate::recurrent::Recurrent;
 use crate::reference::{LstmDims, LstmGrads, LstmOutput, LstmParams};
 use crate::split;
 use rayon::prelude::*;
 use ulmfit_tensor::gemm::{sgemm, MatRef};
+use ulmfit_tensor::pool;
 
 /// What the forward keeps for the backward (its buffers go back to `pool` when dropped).
 #[derive(Clone, Debug, Default)]

@@ -8,14 +8,12 @@
 //! - `batched`: the time loops with one packed GEMM per step over all rows (large H).
 //! - `recurrent`: the per-step recurrent products with W_hh prepared once per sequence.
 //! - `split`: the time loops for small layers, hidden units split across threads.
-//! - `pool`: recycled trace buffers, so forwards do not page-fault fresh memory.
 //! - `simd`: the lane trait and the exp / sigmoid / tanh approximations the cell uses.
 
 mod batched;
 pub mod cell;
 pub mod layer;
 pub mod op;
-mod pool;
 mod recurrent;
 pub mod reference;
 mod simd;

@@ -19,9 +19,9 @@
 use std::ops::Range;
 
 use crate::cell::{self, CellBwd, CellFwd, CellStep, Isa, View};
-use crate::pool;
 use rayon::prelude::*;
 use ulmfit_tensor::gemm::{sgemm, MatRef};
+use ulmfit_tensor::pool;
 
 /// Hidden units per packed block: one AVX-512 register of f32.
 pub const UNITS: usize = 16;

@@ -216,8 +216,8 @@ pub fn forward(
         }
     };
     run_steps(parts.len(), tn, &step);
-    crate::pool::give(pih);
-    crate::pool::give(phh);
+    ulmfit_tensor::pool::give(pih);
+    ulmfit_tensor::pool::give(phh);
 }
 
 /// Backward through time: `dz` [T, B, 4H] holds the saved gates on entry and dL/dz on
@@ -239,7 +239,7 @@ pub fn backward(
     }
     let parts = parts(hn);
     // W_hh packed as [H/64][4H][64]; each part fills its own groups at stage 0.
-    let mut pw = crate::pool::take(hn.div_ceil(GROUP) * g4 * GROUP);
+    let mut pw = ulmfit_tensor::pool::take(hn.div_ceil(GROUP) * g4 * GROUP);
     let (pw_at, dz_at, dh_at, dc_at) =
         (Ptr(pw.as_mut_ptr()), Ptr(dz.as_mut_ptr()), Ptr(dh.as_mut_ptr()), Ptr(dc.as_mut_ptr()));
     let step = |q: usize, s: usize| {
@@ -278,7 +278,7 @@ pub fn backward(
         }
     };
     run_steps(parts.len(), tn + 1, &step);
-    crate::pool::give(pw);
+    ulmfit_tensor::pool::give(pw);
 }
 
 #[cfg(test)]

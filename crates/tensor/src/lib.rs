@@ -8,7 +8,8 @@
 //!   `portable_sgemm` (matrixmultiply, split over rayon threads) otherwise.
 //! - `sgemm/`: the AVX-512 GEMM: packing, BLIS-style blocking, micro-kernel; `PackedB` keeps
 //!   a packed B for reuse across products (the LSTM's recurrent weight).
-//! - `pool.rs`: a per-thread cache of large f32 buffers that big op outputs reuse.
+//! - `pool.rs`: a per-thread cache of large f32 buffers that big op outputs (and the fused
+//!   LSTM's traces) reuse.
 //! - `optim.rs`: SGD with momentum, Adam(W), parameter groups, gradient clipping.
 //! - `rng.rs`: seeded random numbers for initialisation and dropout masks.
 //! - `error.rs`: the crate's `Error` and `Result`.
@@ -18,7 +19,7 @@ pub mod error;
 pub mod gemm;
 pub mod ops;
 pub mod optim;
-mod pool;
+pub mod pool;
 pub mod rng;
 pub mod sgemm;
 pub mod tensor;

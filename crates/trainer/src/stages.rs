@@ -59,7 +59,10 @@ fn stage_seed(seed: u64, name: &str) -> u64 {
     name.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
+/// Sets the stage's frozen groups and weight decay, and frees the buffers that the
+/// previous stage's shapes left in the tensor cache.
 fn prepare(opt: &mut Adam, plan: &StagePlan) -> Result<()> {
+    ulmfit_tensor::pool::release_cached_buffers();
     ensure!(
         plan.peaks.len() == opt.groups.len(),
         "stage {}: {} learning rates for {} parameter groups",
