@@ -143,6 +143,11 @@ fn reductions_softmax_and_cross_entropy() {
     let logits = param_in(&mut r, &[5, 4], -3.0, 3.0);
     check("cross_entropy", &[logits.clone()], |x| x[0].cross_entropy(&[0, 3, 1, 1, 2], None));
     check("cross_entropy ignore", &[logits], |x| x[0].cross_entropy(&[0, 9, 1, 9, 2], Some(9)));
+    let (x, w, b) = (param(&mut r, &[5, 3]), param(&mut r, &[4, 3]), param(&mut r, &[4]));
+    check("linear_cross_entropy", &[x.clone(), w.clone(), b], |x| {
+        x[0].linear_cross_entropy(&x[1], Some(&x[2]), &[0, 9, 3, 1, 2], Some(9))
+    });
+    check("linear_cross_entropy no bias", &[x, w], |x| x[0].linear_cross_entropy(&x[1], None, &[0, 2, 3, 1, 2], None));
 }
 
 #[test]

@@ -229,12 +229,28 @@ impl LanguageModel {
 
     /// Logits for the next token at every position of `ids` [T, B].
     pub fn forward(&mut self, ids: &[u32], t: usize, b: usize, train: bool, rng: &mut Rng) -> Result<LmOutput> {
+        let (raw, dropped) = self.encode(ids, t, b, train, rng)?;
+        let e = self.encoder.cfg.emb_sz;
+        let logits = dropped.reshape(&[t * b, e])?.linear(&self.encoder.embedding, Some(&self.decoder_bias))?;
+        Ok(LmOutput { logits, raw, dropped })
+    }
+
+    /// The encoder's last output before and after output dropout, each [T, B, E].
+    pub fn encode(&mut self, ids: &[u32], t: usize, b: usize, train: bool, rng: &mut Rng) -> Result<(Tensor, Tensor)> {
         let raw = self.encoder.forward(ids, t, b, train, rng)?.raw;
         let e = self.encoder.cfg.emb_sz;
         let p = self.encoder.cfg.drop.output_p;
         let dropped = if train && p > 0.0 { raw.mul(&rng.dropout_mask(&[1, b, e], p))? } else { raw.clone() };
-        let logits = dropped.reshape(&[t * b, e])?.linear(&self.encoder.embedding, Some(&self.decoder_bias))?;
-        Ok(LmOutput { logits, raw, dropped })
+        Ok((raw, dropped))
+    }
+
+    /// Mean cross-entropy of the decoder's logits for `dropped` [T, B, E] against
+    /// `targets` [T*B], the decoder and the loss fused (`Tensor::linear_cross_entropy`): the
+    /// training step never stores the [T*B, V] logits.
+    pub fn decoder_cross_entropy(&self, dropped: &Tensor, targets: &[u32]) -> Result<Tensor> {
+        let rows = dropped.numel() / self.encoder.cfg.emb_sz;
+        let x = dropped.reshape(&[rows, self.encoder.cfg.emb_sz])?;
+        x.linear_cross_entropy(&self.encoder.embedding, Some(&self.decoder_bias), targets, None)
     }
 
     /// Named parameters: the encoder's plus `1.decoder.bias` (the decoder weight is tied).
@@ -259,19 +275,19 @@ impl LanguageModel {
     }
 }
 
-/// The LM loss: cross-entropy plus AR (`alpha * mean(dropped^2)`) and TAR
-/// (`beta * mean((raw_t - raw_{t-1})^2)`), fastai's `RNNRegularizer`. Returns
-/// (total loss to back-propagate, cross-entropy alone for reporting).
-pub fn lm_loss(out: &LmOutput, targets: &[u32], alpha: f32, beta: f32) -> Result<(Tensor, f32)> {
-    let ce = out.logits.cross_entropy(targets, None)?;
+/// The LM loss: cross-entropy `ce` plus AR (`alpha * mean(dropped^2)`) and TAR
+/// (`beta * mean((raw_t - raw_{t-1})^2)`) on the encoder's output (`LanguageModel::encode`),
+/// fastai's `RNNRegularizer`. Returns (total loss to back-propagate, cross-entropy alone for
+/// reporting).
+pub fn lm_loss(ce: Tensor, raw: &Tensor, dropped: &Tensor, alpha: f32, beta: f32) -> Result<(Tensor, f32)> {
     let ce_value = ce.item()?;
     let mut loss = ce;
     if alpha > 0.0 {
-        loss = loss.add(&out.dropped.powf(2.0).mean_all()?.scale(alpha))?;
+        loss = loss.add(&dropped.powf(2.0).mean_all()?.scale(alpha))?;
     }
-    let t = out.raw.dim(0);
+    let t = raw.dim(0);
     if beta > 0.0 && t > 1 {
-        let diff = out.raw.narrow(0, 1, t - 1)?.sub(&out.raw.narrow(0, 0, t - 1)?)?;
+        let diff = raw.narrow(0, 1, t - 1)?.sub(&raw.narrow(0, 0, t - 1)?)?;
         loss = loss.add(&diff.powf(2.0).mean_all()?.scale(beta))?;
     }
     Ok((loss, ce_value))

@@ -75,8 +75,9 @@ pub fn lm_train_step(
     rng: &mut Rng,
     step: usize,
 ) -> Result<f32, TrainError> {
-    let out = model.forward(&batch.x, batch.seq_len, batch.batch_size, true, rng)?;
-    let (loss, ce) = lm_loss(&out, &batch.y, cfg.alpha, cfg.beta)?;
+    let (raw, dropped) = model.encode(&batch.x, batch.seq_len, batch.batch_size, true, rng)?;
+    let ce = model.decoder_cross_entropy(&dropped, &batch.y)?;
+    let (loss, ce) = lm_loss(ce, &raw, &dropped, cfg.alpha, cfg.beta)?;
     optimizer_step(opt, &loss, cfg.clip, step)?;
     Ok(ce)
 }

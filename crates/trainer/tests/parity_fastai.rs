@@ -177,7 +177,9 @@ fn lm_batch(fx: &Fixture, lm: &mut LanguageModel, p: &str, rng: &mut Rng) -> Vec
     check(&format!("lm {p}logits"), &out.logits.to_vec(), fx.f32s(&format!("{p}logits")), OUT_TOL);
     check(&format!("lm {p}raw"), &out.raw.to_vec(), fx.f32s(&format!("{p}raw")), OUT_TOL);
     let (alpha, beta) = (fx.f32_meta("alpha"), fx.f32_meta("beta"));
-    let (loss, _) = lm_loss(&out, &fx.ids(&format!("{p}targets")), alpha, beta).expect("loss");
+    // The training path: decoder and cross-entropy fused, on the same output.
+    let ce = lm.decoder_cross_entropy(&out.dropped, &fx.ids(&format!("{p}targets"))).expect("cross-entropy");
+    let (loss, _) = lm_loss(ce, &out.raw, &out.dropped, alpha, beta).expect("loss");
     check(&format!("lm {p}loss (CE + AR + TAR)"), &[loss.item().unwrap()], fx.f32s(&format!("{p}loss")), OUT_TOL);
     let top = lm.encoder.layers.len() - 1;
     let last = out.raw.narrow(0, t - 1, 1).unwrap().to_vec();

@@ -4,6 +4,7 @@
 pub mod batchnorm;
 pub mod elementwise;
 pub mod embedding;
+pub mod linear_xent;
 pub mod matmul;
 pub mod reduce;
 pub mod shape;
