@@ -46,8 +46,11 @@ impl Tensor {
         let (&[n, k], &[c, kw]) = (self.shape(), weight.shape()) else {
             return Err(mismatch(op, self.shape(), weight.shape()));
         };
-        if k != kw || bias.is_some_and(|b| b.shape() != [c]) {
+        if k != kw {
             return Err(mismatch(op, self.shape(), weight.shape()));
+        }
+        if let Some(b) = bias.filter(|b| b.shape() != [c]) {
+            return Err(bad(op, format!("bias of shape {:?} for a weight of {c} rows", b.shape())));
         }
         if targets.len() != n {
             return Err(bad(op, format!("{} targets for {n} rows", targets.len())));
@@ -74,7 +77,7 @@ impl Tensor {
             let (xb, tb, z) = (&x[r0 * k..(r0 + rows) * k], &targets[r0..r0 + rows], &mut logits[..rows * c]);
             // z [rows, C] = bias + xb · W^T
             match b {
-                Some(b) => z.par_chunks_mut(c).for_each(|row| row.copy_from_slice(b)),
+                Some(b) => z.par_chunks_mut(c.max(1)).for_each(|row| row.copy_from_slice(b)),
                 None => z.fill(0.0),
             }
             gemm_packed(1.0, MatRef::new(xb, rows, k), &w_t, 1.0, z);
@@ -86,6 +89,7 @@ impl Tensor {
                 sgemm(1.0, MatRef::new(z, rows, c).t(), MatRef::new(xb, rows, k), 1.0, dw);
             }
             if let Some(Some(db)) = grads.get_mut(2) {
+                // Columns split across threads in runs of 256, rows added in order.
                 db.par_chunks_mut(256).enumerate().for_each(|(j, d)| {
                     for row in z.chunks(c) {
                         d.iter_mut().zip(&row[j * 256..]).for_each(|(d, g)| *d += g);
@@ -106,7 +110,7 @@ impl Tensor {
 fn softmax_xent_grad(z: &mut [f32], c: usize, targets: &[u32], ignore: Option<u32>, count: usize) -> f64 {
     let scale = 1.0 / count.max(1) as f32;
     let losses: Vec<f64> = z
-        .par_chunks_mut(c)
+        .par_chunks_mut(c.max(1))
         .zip(targets.par_iter())
         .map(|(row, &t)| {
             if Some(t) == ignore {
@@ -160,6 +164,20 @@ impl Op for LinearCrossEntropy {
 #[cfg(test)]
 mod tests {
     use crate::{Rng, Tensor};
+
+    #[test]
+    fn bad_shapes_and_targets_are_errors() {
+        let (x, w) = (Tensor::zeros(&[2, 3]), Tensor::zeros(&[4, 3]));
+        let msg = |r: crate::Result<Tensor>| r.unwrap_err().to_string();
+        assert!(msg(x.linear_cross_entropy(&Tensor::zeros(&[4, 2]), None, &[0, 1], None)).contains("[2, 3]"));
+        assert!(
+            msg(x.linear_cross_entropy(&w, Some(&Tensor::zeros(&[3])), &[0, 1], None)).contains("bias of shape [3]")
+        );
+        assert!(msg(x.linear_cross_entropy(&w, None, &[0], None)).contains("1 targets for 2 rows"));
+        assert!(msg(x.linear_cross_entropy(&w, None, &[0, 4], None)).contains("target 4 in row 1"));
+        let none = Tensor::zeros(&[0, 3]).linear_cross_entropy(&Tensor::zeros(&[0, 3]), None, &[], None);
+        assert_eq!(none.unwrap().item().unwrap(), 0.0, "no rows: the loss is 0");
+    }
 
     /// Loss and every gradient equal `linear` + `cross_entropy`, across several blocks (with
     /// a partial last one) and with ignored rows.
