@@ -28,6 +28,7 @@ use crate::cell::{Isa, View};
 #[cfg(target_arch = "x86_64")]
 use crate::recurrent::avx512;
 use crate::recurrent::{pack_bwd, pack_fwd, padded, GROUP, UNITS};
+use ulmfit_tensor::pool;
 
 /// Most bytes of packed weights per thread: its share of W_ih and W_hh must stay in its
 /// 1 MiB L2 (2-core Zen 5) next to the step's working set.
@@ -216,8 +217,8 @@ pub fn forward(
         }
     };
     run_steps(parts.len(), tn, &step);
-    ulmfit_tensor::pool::give(pih);
-    ulmfit_tensor::pool::give(phh);
+    pool::give(pih);
+    pool::give(phh);
 }
 
 /// Backward through time: `dz` [T, B, 4H] holds the saved gates on entry and dL/dz on
@@ -239,7 +240,7 @@ pub fn backward(
     }
     let parts = parts(hn);
     // W_hh packed as [H/64][4H][64]; each part fills its own groups at stage 0.
-    let mut pw = ulmfit_tensor::pool::take(hn.div_ceil(GROUP) * g4 * GROUP);
+    let mut pw = pool::take(hn.div_ceil(GROUP) * g4 * GROUP);
     let (pw_at, dz_at, dh_at, dc_at) =
         (Ptr(pw.as_mut_ptr()), Ptr(dz.as_mut_ptr()), Ptr(dh.as_mut_ptr()), Ptr(dc.as_mut_ptr()));
     let step = |q: usize, s: usize| {
@@ -278,7 +279,7 @@ pub fn backward(
         }
     };
     run_steps(parts.len(), tn + 1, &step);
-    ulmfit_tensor::pool::give(pw);
+    pool::give(pw);
 }
 
 #[cfg(test)]

@@ -6,14 +6,14 @@
 //!
 //! Tensors give their buffer back when they drop, and so does the LSTM's trace; code that
 //! overwrites every element takes buffers with `take` (contents stale: valid floats, not
-//! zeros). Eviction is first in, first
-//! out, and the cache holds about one language-model step's worth of freed buffers (an LM
-//! step frees about 50 of at least 1 MiB): with 12, the decoder's buffers, freed first in
-//! the backward, were evicted before the next step could reuse them, and the CPU preset's
-//! LM step ran 1.25x slower; with 1024, buffers nobody asks for again (most op outputs are
-//! allocated outside the cache and still come back to it) piled up to 2 GB and the
-//! full-size step ran 1.2x slower on the dev machine. A training stage, whose shapes differ
-//! from the last one's, starts by emptying it with `release_cached_buffers`.
+//! zeros). Eviction is first in, first out, and the cache holds about one language-model
+//! step's worth of freed buffers (an LM step frees about 50 of at least 1 MiB): with 12, the
+//! decoder's buffers, freed first in the backward, were evicted before the next step could
+//! reuse them, and the CPU preset's LM step ran 1.25x slower; with 1024, buffers nobody asks
+//! for again (most op outputs are allocated outside the cache and still come back to it)
+//! piled up to 2 GB and the full-size step ran 1.2x slower on the dev machine. A training
+//! stage, whose shapes differ from the last one's, starts by emptying it with
+//! `release_cached_buffers`.
 
 use std::cell::RefCell;
 
