@@ -53,9 +53,10 @@ extern "C" __global__ void lm_embed_fwd(float* __restrict__ x, const float* __re
 
 // lm_embed_bwd: demb[v, :] += word(v) * sum over rows q with ids[q] = v, in increasing q, of
 // dx[q, :] * input(b_q, :), for every v but LM_PAD. Deterministic without atomics: the block
-// of the first row holding a word owns that word's row of demb; other blocks return at once. The owner lists the rows
-// holding its word in shared memory, in increasing order (a warp ballot per chunk of blockDim
-// rows), and sums them in that order, flushing the list before it can overflow.
+// of the first row holding a word owns that word's row of demb; other blocks return at once.
+// The owner lists the rows holding its word in shared memory, in increasing order (a warp
+// ballot per chunk of blockDim rows), and sums them in that order, flushing the list before
+// it can overflow.
 //   dx [T, B, E]   ids [T*B]   demb [V, E] (already holds the decoder's gradient)
 // Geometry: one block per row p (grid T*B), blockDim E rounded up to 32 (at most 1024;
 // larger E loops), threads over e.
