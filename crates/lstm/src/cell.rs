@@ -7,48 +7,9 @@
 
 use std::marker::PhantomData;
 
-use crate::simd::{self, Lanes};
+use ulmfit_tensor::simd::{self, Lanes};
 
-/// The instruction set the kernels run with, chosen once at run time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Isa {
-    /// Plain f32 code, any CPU.
-    Scalar,
-    /// AVX2 + FMA, 8 lanes.
-    Avx2,
-    /// AVX-512F, 16 lanes.
-    Avx512,
-}
-
-impl Isa {
-    /// The widest instruction set this CPU supports.
-    pub fn detect() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Scalar
-    }
-
-    /// Whether this CPU can run `self`: each ISA's own features, checked one by one (an
-    /// AVX-512F CPU need not have AVX2 and FMA).
-    pub fn available(self) -> bool {
-        match self {
-            Isa::Scalar => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
-            #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 | Isa::Avx512 => false,
-        }
-    }
-}
+pub use ulmfit_tensor::simd::Isa;
 
 /// A raw view of an f32 buffer: the cell kernels address it by (row, unit). Views of one
 /// step may be held by several threads at once when each touches only its own hidden units

@@ -8,7 +8,6 @@
 //! - `batched`: the time loops with one packed GEMM per step over all rows (large H).
 //! - `recurrent`: the per-step recurrent products with W_hh prepared once per sequence.
 //! - `split`: the time loops for small layers, hidden units split across threads.
-//! - `simd`: the lane trait and the exp / sigmoid / tanh approximations the cell uses.
 
 mod batched;
 pub mod cell;
@@ -16,7 +15,6 @@ pub mod layer;
 pub mod op;
 mod recurrent;
 pub mod reference;
-mod simd;
 mod split;
 pub mod stack;
 #[cfg(test)]

@@ -179,9 +179,9 @@ pub fn pack_bwd(w: &[f32], hn: usize, groups: Range<usize>, out: &mut [f32]) {
 pub mod avx512 {
     use super::{GROUP, UNITS};
     use crate::cell::{CellBwd, CellFwd, CellStep, View};
-    use crate::simd::Avx512;
     use std::arch::x86_64::*;
     use std::ops::Range;
+    use ulmfit_tensor::simd::Avx512;
 
     /// Forward register tile: 6 batch rows x 4 gates of 16 units = 24 accumulators.
     const ROWS_FWD: usize = 6;

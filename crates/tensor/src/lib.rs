@@ -12,6 +12,8 @@
 //!   LSTM's traces) reuse.
 //! - `optim.rs`: SGD with momentum, Adam(W), parameter groups, gradient clipping.
 //! - `rng.rs`: seeded random numbers for initialisation and dropout masks.
+//! - `simd.rs`: SIMD lanes picked at run time, exp / sigmoid / tanh on them (the fused LSTM
+//!   cell's), and the softmax row kernel of the cross-entropy ops.
 //! - `error.rs`: the crate's `Error` and `Result`.
 
 pub mod autograd;
@@ -22,6 +24,7 @@ pub mod optim;
 pub mod pool;
 pub mod rng;
 pub mod sgemm;
+pub mod simd;
 pub mod tensor;
 
 pub use autograd::{is_grad_enabled, no_grad, Op};

@@ -19,6 +19,7 @@ use crate::autograd::{is_grad_enabled, Op};
 use crate::error::{bad, mismatch, Result};
 use crate::gemm::{sgemm, MatRef};
 use crate::sgemm::{gemm_packed, PackedB};
+use crate::simd::softmax_row_in_place;
 use crate::Tensor;
 use rayon::prelude::*;
 
@@ -117,17 +118,10 @@ fn softmax_xent_grad(z: &mut [f32], c: usize, targets: &[u32], ignore: Option<u3
                 row.fill(0.0);
                 return 0.0;
             }
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let target_logit = row[t as usize];
-            let mut sum = 0.0f32;
-            row.iter_mut().for_each(|v| {
-                *v = (*v - max).exp();
-                sum += *v;
-            });
-            let inv = scale / sum;
-            row.iter_mut().for_each(|v| *v *= inv);
+            let lse = softmax_row_in_place(row, scale);
             row[t as usize] -= scale;
-            (max + sum.ln() - target_logit) as f64
+            (lse - target_logit) as f64
         })
         .collect();
     losses.iter().sum()

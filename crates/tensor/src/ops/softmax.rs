@@ -7,6 +7,7 @@
 use crate::autograd::Op;
 use crate::error::{bad, Result};
 use crate::ops::split_axis;
+use crate::simd::softmax_row;
 use crate::Tensor;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -123,22 +124,14 @@ impl Tensor {
         let x: &[f32] = &x;
         let mut probs = crate::pool::take(n * c); // every row written below
 
-        // Per row: -log p(target), or None when ignored. One exp per logit: p = exp(x - max)
-        // is summed, then scaled; log-sum-exp = max + ln(sum).
+        // Per row: -log p(target) = log-sum-exp - x[target], or None when ignored.
         let row_losses: Vec<Option<f64>> = probs
             .par_chunks_mut(c.max(1))
             .zip(x.par_chunks(c.max(1)))
             .zip(targets.par_iter())
             .map(|((p, row), &t)| {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0f32;
-                row.iter().zip(p.iter_mut()).for_each(|(&v, p)| {
-                    *p = (v - max).exp();
-                    sum += *p;
-                });
-                let inv = 1.0 / sum;
-                p.iter_mut().for_each(|p| *p *= inv);
-                (Some(t) != ignore_index).then(|| (max + sum.ln() - row[t as usize]) as f64)
+                let lse = softmax_row(row, p, 1.0);
+                (Some(t) != ignore_index).then(|| (lse - row[t as usize]) as f64)
             })
             .collect();
         let count = row_losses.iter().flatten().count();

@@ -1,13 +1,57 @@
-//! SIMD lanes for the cell kernels: one trait, three widths (f32, AVX2 `__m256`, AVX-512 `__m512`).
+//! SIMD lanes: one trait, three widths (f32, AVX2 `__m256`, AVX-512 `__m512`), the
+//! activations built on it, and the softmax row kernel the cross-entropy ops use.
 //!
 //! Kernels are written once, generic over [`Lanes`], and instantiated inside
 //! `#[target_feature]` functions (matrixmultiply's pattern); the `f32` instance is the
-//! scalar fallback and handles the tails. The activations are polynomial approximations
-//! computed the same way at every width, checked against f64 libm in the tests below
-//! (exp and sigmoid within 2e-7 relative, tanh within 3e-7 absolute + relative).
+//! scalar fallback and handles the tails. [`Isa`] picks the width at run time. The
+//! activations are polynomial approximations computed the same way at every width, checked
+//! against f64 libm in the tests below (exp and sigmoid within 2e-7 relative, tanh within
+//! 3e-7 absolute + relative); [`softmax_row`] is checked against a direct f64 softmax at
+//! every width the host has.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+
+/// The instruction set a kernel runs with, chosen at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Plain f32 code, any CPU.
+    Scalar,
+    /// AVX2 + FMA, 8 lanes.
+    Avx2,
+    /// AVX-512F, 16 lanes.
+    Avx512,
+}
+
+impl Isa {
+    /// The widest instruction set this CPU supports.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
+    }
+
+    /// Whether this CPU can run `self`: each ISA's own features, checked one by one (an
+    /// AVX-512F CPU need not have AVX2 and FMA).
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx2 | Isa::Avx512 => false,
+        }
+    }
+}
 
 /// A vector of `N` f32 lanes. Loads and stores are unaligned.
 pub trait Lanes: Copy {
@@ -30,12 +74,21 @@ pub trait Lanes: Copy {
     fn div(self, o: Self) -> Self;
     /// `self * b + c` (fused where the ISA has FMA).
     fn fma(self, b: Self, c: Self) -> Self;
+    /// Lane-wise maximum (which operand a NaN lane yields depends on the ISA).
+    fn max(self, o: Self) -> Self;
     /// `self` limited to `[lo, hi]` lane by lane; a NaN lane stays NaN (lo, hi are never NaN).
     fn clamp(self, lo: Self, hi: Self) -> Self;
     /// Round to nearest integer (ties to even), kept as float.
     fn round(self) -> Self;
     /// `2^n` for integral `n` in [-126, 127].
     fn pow2(self) -> Self;
+    /// The `N` lanes, in the first `N` places of the array.
+    fn to_array(self) -> [f32; 16] {
+        let mut a = [0.0; 16];
+        // SAFETY: N <= 16 for every width.
+        unsafe { self.store(a.as_mut_ptr()) };
+        a
+    }
 }
 
 impl Lanes for f32 {
@@ -63,6 +116,9 @@ impl Lanes for f32 {
     }
     fn fma(self, b: Self, c: Self) -> Self {
         self * b + c
+    }
+    fn max(self, o: Self) -> Self {
+        f32::max(self, o)
     }
     fn clamp(self, lo: Self, hi: Self) -> Self {
         // f32::max / f32::min return the other operand for NaN: test it explicitly.
@@ -124,6 +180,10 @@ macro_rules! x86_lanes {
             #[inline(always)]
             fn fma(self, b: Self, c: Self) -> Self {
                 unsafe { $name($fma(self.0, b.0, c.0)) }
+            }
+            #[inline(always)]
+            fn max(self, o: Self) -> Self {
+                unsafe { $name($max(self.0, o.0)) }
             }
             /// x86 min / max return their SECOND operand when either is NaN, so `self` goes second.
             #[inline(always)]
@@ -238,6 +298,79 @@ pub fn tanh<V: Lanes>(x: V) -> V {
     x.mul(p).div(q)
 }
 
+/// Writes `dst = scale * softmax(src)` and returns `log(sum(exp(src)))`. The row maximum is
+/// subtracted before exponentiating, so large logits cannot overflow; a NaN anywhere in
+/// `src` makes the result NaN. Runs at the widest width this CPU has.
+pub fn softmax_row(src: &[f32], dst: &mut [f32], scale: f32) -> f32 {
+    assert_eq!(src.len(), dst.len(), "softmax_row: {} inputs for {} outputs", src.len(), dst.len());
+    // SAFETY: both slices hold `src.len()` floats; the detected ISA is supported.
+    unsafe { softmax_raw(Isa::detect(), src.as_ptr(), dst.as_mut_ptr(), src.len(), scale) }
+}
+
+/// [`softmax_row`] with the row overwritten by its own result.
+pub fn softmax_row_in_place(row: &mut [f32], scale: f32) -> f32 {
+    let p = row.as_mut_ptr();
+    // SAFETY: `row` holds `row.len()` floats; the kernel reads each element before writing it.
+    unsafe { softmax_raw(Isa::detect(), p, p, row.len(), scale) }
+}
+
+/// # Safety
+/// `src..src+n` readable, `dst..dst+n` writable (they may be the same buffer), `isa` available.
+unsafe fn softmax_raw(isa: Isa, src: *const f32, dst: *mut f32, n: usize, scale: f32) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => softmax_avx512(src, dst, n, scale),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => softmax_avx2(src, dst, n, scale),
+        _ => softmax_lanes::<f32>(src, dst, n, scale),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_avx2(src: *const f32, dst: *mut f32, n: usize, scale: f32) -> f32 {
+    softmax_lanes::<Avx2>(src, dst, n, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_avx512(src: *const f32, dst: *mut f32, n: usize, scale: f32) -> f32 {
+    softmax_lanes::<Avx512>(src, dst, n, scale)
+}
+
+/// Three passes over the row: the maximum, `exp(x - max)` stored and summed, the scaling.
+/// Full vectors first, then the scalar tail, with the same `exp` at both widths.
+#[inline(always)]
+unsafe fn softmax_lanes<V: Lanes>(src: *const f32, dst: *mut f32, n: usize, scale: f32) -> f32 {
+    let full = n - n % V::N;
+    let mut m = V::splat(f32::NEG_INFINITY);
+    for j in (0..full).step_by(V::N) {
+        m = V::load(src.add(j)).max(m);
+    }
+    let max = (full..n)
+        .fold(m.to_array()[..V::N].iter().copied().fold(f32::NEG_INFINITY, f32::max), |a, j| a.max(*src.add(j)));
+    let (shift, mut s) = (V::splat(max), V::splat(0.0));
+    for j in (0..full).step_by(V::N) {
+        let e = exp(V::load(src.add(j)).sub(shift));
+        e.store(dst.add(j));
+        s = s.add(e);
+    }
+    let mut sum: f32 = s.to_array()[..V::N].iter().sum();
+    for j in full..n {
+        let e = exp(*src.add(j) - max);
+        *dst.add(j) = e;
+        sum += e;
+    }
+    let k = V::splat(scale / sum);
+    for j in (0..full).step_by(V::N) {
+        V::load(dst.add(j)).mul(k).store(dst.add(j));
+    }
+    for j in full..n {
+        *dst.add(j) *= scale / sum;
+    }
+    max + sum.ln()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,6 +445,38 @@ mod tests {
             let bad = got.iter().flatten().position(|v| !v.is_nan());
             assert!(bad.is_none(), "{isa}: exp/sigmoid/tanh of NaN is finite at flat index {bad:?}: {got:?}");
         }
+    }
+
+    /// Every width against a direct f64 softmax: rows shorter than a vector, with tails, with
+    /// logits far apart (shifted by +-80), scaled, and in place; the log-sum-exp too.
+    #[test]
+    fn softmax_row_matches_f64_at_every_width() {
+        let mut rng = crate::Rng::new(3);
+        for (n, spread, shift) in [(1, 1.0, 0.0), (7, 3.0, 0.0), (17, 5.0, 80.0), (33, 5.0, -80.0), (1003, 12.0, 0.0)] {
+            let x: Vec<f32> = (0..n).map(|_| rng.normal() * spread + shift).collect();
+            let max = x.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
+            let sum: f64 = x.iter().map(|&v| (v as f64 - max).exp()).sum();
+            let want: Vec<f64> = x.iter().map(|&v| 0.5 * (v as f64 - max).exp() / sum).collect();
+            for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|i| i.available()) {
+                let mut got = vec![f32::NAN; n];
+                // SAFETY: both buffers hold n floats; the ISA is available.
+                let lse = unsafe { softmax_raw(isa, x.as_ptr(), got.as_mut_ptr(), n, 0.5) };
+                let bad = got.iter().zip(&want).position(|(&g, &w)| (g as f64 - w).abs() > 1e-6 * w + 1e-12);
+                assert!(bad.is_none(), "{isa:?} n={n}: first bad index {bad:?}: {got:?} vs {want:?}");
+                let lse_want = max + sum.ln();
+                assert!(
+                    (lse as f64 - lse_want).abs() <= 1e-6 * lse_want.abs().max(1.0),
+                    "{isa:?} n={n}: lse {lse} vs {lse_want}"
+                );
+                let mut row = x.clone();
+                // SAFETY: as above, one buffer read before it is written.
+                let lse_in_place = unsafe { softmax_raw(isa, row.as_ptr(), row.as_mut_ptr(), n, 0.5) };
+                assert_eq!((row, lse_in_place), (got, lse), "{isa:?} n={n}: in place differs");
+            }
+        }
+        let mut nan = vec![0.5f32; 40];
+        nan[21] = f32::NAN;
+        assert!(softmax_row_in_place(&mut nan, 1.0).is_nan(), "a NaN logit must give a NaN log-sum-exp");
     }
 
     fn compare(isa: &str, got: &[[f32; 3]], want: &[[f32; 3]]) {
