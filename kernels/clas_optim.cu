@@ -1,7 +1,8 @@
 // clas_optim.cu: the classifier's optimizer end: global gradient norm, the clip factor, and
-// Adam(W) over one parameter group (a contiguous range of the flat buffer) with the group's own
-// learning rate and step count (fastai's discriminative learning rates; frozen groups are not
-// launched and their gradients are zeroed, so they leave the norm and keep their moments).
+// Adam(W) over a part of one parameter group (a contiguous range of the flat buffer,
+// Layout::adam_parts; wd 0 for the batch-norm parts) with the group's own learning rate and
+// step count (fastai's discriminative learning rates; frozen groups are not launched and
+// their gradients are zeroed, so they leave the norm and keep their moments).
 //
 // Needs lm_hash.cu in front (lm_block_sum). Launched by crates/cuda/src/clas/kernels.rs;
 // checked against ulmfit_tensor::optim::{clip_grad_norm, Adam} by
@@ -34,10 +35,11 @@ extern "C" __global__ void clas_clip_scale(float* __restrict__ clip, const float
     }
 }
 
-// clas_adam: Adam with decoupled weight decay on one group, its t-th update:
+// clas_adam: Adam with decoupled weight decay on a part of one group (wd = 0 for the batch-norm
+// parts, fastai's wd_bn_bias=False), its t-th update:
 //   g = grad * clip[1];  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
 //   w = w (1 - lr wd) - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
-//   w, m, v, grad [n] (the group's range)   clip [2]
+//   w, m, v, grad [n] (the part's range)   clip [2]
 // Geometry: grid-stride over n.
 extern "C" __global__ void clas_adam(float* __restrict__ w, float* __restrict__ m, float* __restrict__ v,
                                      const float* __restrict__ grad, long long n, const float* __restrict__ clip,

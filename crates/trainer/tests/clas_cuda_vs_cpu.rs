@@ -11,13 +11,15 @@
 //! their trailing padding), the gradient norm, the weights and BN running statistics after one clipped Adam
 //! step with a learning rate per group, then two steps with frozen groups (unfrozen one step
 //! later: per-group Adam step counts; each from the GPU's state, copied to the CPU), then
-//! eval-mode probabilities. Also: out of GPU memory
-//! is an error naming the size. FP32 within 1e-4 relative. Without a GPU every test prints
-//! one skip line and passes; ULMFIT_REQUIRE_GPU=1 makes that a failure.
+//! eval-mode probabilities. Also: out of GPU memory is an error naming the size; DropConnect
+//! is drawn per chunk (dW_hh vanishes exactly where every kept chunk's mask drops the weight).
+//! FP32 within 1e-4 relative. Without a GPU every test prints one skip line and passes;
+//! ULMFIT_REQUIRE_GPU=1 makes that a failure.
 
 use ulmfit_cuda::clas::chunks::Schedule;
-use ulmfit_cuda::clas::{ClasConfig, ClasCuda, ClasDropouts, ClasError, ClasHyper, ClasWeights};
+use ulmfit_cuda::clas::{mask_id, ClasConfig, ClasCuda, ClasDropouts, ClasError, ClasHyper, ClasMask, ClasWeights};
 use ulmfit_cuda::device::gpu_or_skip;
+use ulmfit_cuda::lm::mask::{keep_scale, mask_key};
 use ulmfit_tensor::optim::{clip_grad_norm, Adam, ParamGroup};
 use ulmfit_tensor::{no_grad, Rng, Tensor};
 use ulmfit_trainer::awd_lstm::{AwdLstm, AwdLstmConfig};
@@ -442,5 +444,61 @@ fn clas_dropout_gradients_match_finite_differences() {
                 "group {k} weight {j}: gradient {analytic} vs finite differences {numeric:?}"
             );
         }
+    }
+}
+
+/// DropConnect only (p 0.5), two kept chunks: dW_hh must be 0 exactly where both chunks'
+/// masks drop the weight, and (generically) nonzero where one keeps it; the masks of the
+/// chunks must differ. Catches a dW mask drawn with the wrong chunk's id (or one shared id).
+#[test]
+fn clas_dropconnect_gradient_vanishes_exactly_where_every_chunk_drops() {
+    let Some(gpu) = gpu_or_skip("clas_dropconnect_gradient_vanishes_exactly_where_every_chunk_drops", false) else {
+        return;
+    };
+    let drop = ClasDropouts { weight: 0.5, ..ClasDropouts::off() };
+    let c = ClasConfig {
+        vocab: 60,
+        emb: 16,
+        hidden: 24,
+        layers: 3,
+        features: 50,
+        classes: 3,
+        bptt: 5,
+        max_len: 10,
+        batch: 4,
+        drop,
+        seed: 9,
+    };
+    let enc = AwdLstmConfig { vocab: 60, emb_sz: 16, n_hid: 24, n_layers: 3, drop: Dropouts::lm().scaled(0.0) };
+    let mut rng = Rng::new(4);
+    let m = Classifier::new(AwdLstm::new(enc, &mut rng), 3, 50, 0.0, &mut rng);
+    // Lengths 10, 9, 7, 6: two chunks, both in every window (max_len 10).
+    let docs: Vec<Vec<u32>> =
+        [10u32, 9, 7, 6].iter().map(|&l| (0..l).map(|k| 2 + (k * 7 + l) % 50).collect()).collect();
+    let labels = [0, 1, 2, 0];
+    let mut gm = ClasCuda::new(&gpu, c.clone(), &clas_weights(&m)).expect("build");
+    let step = 3;
+    gm.set_step_count(step);
+    gm.forward_backward(&docs, &labels, [0.0, 0.0]).expect("forward+backward");
+    let grads = gm.grads().unwrap();
+    for (l, g) in grads.layers.iter().enumerate() {
+        let keep = |chunk: usize, k: usize| {
+            keep_scale(mask_key(c.seed, step, mask_id(ClasMask::Weight(chunk, l))), k as u64, 0.5) != 0.0
+        };
+        let (mut both_dropped, mut nonzero, mut kept, mut differ) = (0, 0, 0, 0);
+        for (k, &v) in g.w_hh.iter().enumerate() {
+            let (k0, k1) = (keep(0, k), keep(1, k));
+            differ += usize::from(k0 != k1);
+            if !k0 && !k1 {
+                both_dropped += 1;
+                assert_eq!(v, 0.0, "layer {l}: dW_hh[{k}] = {v} though both chunks drop it");
+            } else {
+                kept += 1;
+                nonzero += usize::from(v != 0.0);
+            }
+        }
+        println!("layer {l}: {both_dropped} dropped by both chunks, {nonzero} of {kept} others nonzero, masks differ at {differ}");
+        assert!(both_dropped > 0 && differ > g.w_hh.len() / 4, "layer {l}: masks not per chunk");
+        assert!(nonzero * 10 >= kept * 9, "layer {l}: only {nonzero} of {kept} kept weights have a gradient");
     }
 }

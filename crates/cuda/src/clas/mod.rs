@@ -28,3 +28,4 @@ mod passes;
 pub use config::{ClasConfig, ClasDropouts, ClasError, ClasHyper};
 pub use model::ClasCuda;
 pub use params::{ClasWeights, HeadWeights};
+pub use passes::{mask_id, ClasMask};
