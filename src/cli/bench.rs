@@ -11,7 +11,8 @@ use clap::{Args, Subcommand};
 
 use super::bench_lm::LmShape;
 use super::Device;
-use ulmfit_lstm::{layer, reference, Isa, LstmDims, LstmStack};
+use ulmfit_lstm::layer::{self, Wanted};
+use ulmfit_lstm::{reference, Isa, LstmDims, LstmStack};
 
 /// Benchmarks.
 #[derive(Subcommand)]
@@ -236,7 +237,7 @@ fn check_against_reference(case: &LstmCase, isa: Isa) -> f32 {
     let want = reference::forward(d, &p, &x, &zeros, &zeros);
     let want_g = reference::backward(d, &p, &x, &zeros, &zeros, &dy, None, None);
     let (out, saved) = layer::forward(d, &p, &x, &zeros, &zeros, isa);
-    let g = layer::backward(d, &p, &x, &zeros, &zeros, &out.y, saved, &dy, None, None, isa);
+    let g = layer::backward(d, &p, &x, &zeros, &zeros, &out.y, saved, &dy, (None, None), Wanted::ALL, isa);
     let rel = |got: &[f32], want: &[f32]| {
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-30);
         got.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs() / scale))

@@ -87,7 +87,24 @@ pub fn forward(d: LstmDims, p: &LstmParams, x: &[f32], h0: &[f32], c0: &[f32], i
     (LstmOutput { y, h_n, c_n }, Saved { gates, c })
 }
 
-/// Gradients given dL/dy [T, B, H] and optionally dL/dh_n, dL/dc_n [B, H].
+/// Which gradients [`backward`] computes besides dh0 and dc0 (the recurrence gives those):
+/// a frozen layer needs no weight gradients, a layer over frozen inputs no dx. The skipped
+/// ones come back empty, and so do their GEMMs' costs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    /// dL/dx.
+    pub dx: bool,
+    /// dL/dW_ih, dL/dW_hh and the bias gradients.
+    pub weights: bool,
+}
+
+impl Wanted {
+    /// Every gradient.
+    pub const ALL: Wanted = Wanted { dx: true, weights: true };
+}
+
+/// Gradients given dL/dy [T, B, H] and optionally dL/dh_n, dL/dc_n [B, H]; those `want`
+/// leaves out are empty.
 ///
 /// `y` is the forward's output and `saved` its trace, consumed: the gate gradients are
 /// written over the saved gates.
@@ -101,8 +118,8 @@ pub fn backward(
     y: &[f32],
     saved: Saved,
     dy: &[f32],
-    dh_n: Option<&[f32]>,
-    dc_n: Option<&[f32]>,
+    (dh_n, dc_n): (Option<&[f32]>, Option<&[f32]>),
+    want: Wanted,
     isa: Isa,
 ) -> LstmGrads {
     d.check(p, x, h0, c0);
@@ -137,14 +154,23 @@ pub fn backward(
     // busy (fwd+bwd measured ~4% faster at 128->256).
     let dz = MatRef::new(&gates, rows, g4);
     let input_grads = || {
-        let mut dx = vec![0.0; rows * inp];
-        sgemm(1.0, dz, MatRef::new(p.w_ih, g4, inp), 0.0, &mut dx);
-        let mut dw_ih = vec![0.0; g4 * inp];
-        sgemm(1.0, dz.t(), MatRef::new(x, rows, inp), 0.0, &mut dw_ih);
+        let mut dx = Vec::new();
+        if want.dx {
+            dx = vec![0.0; rows * inp];
+            sgemm(1.0, dz, MatRef::new(p.w_ih, g4, inp), 0.0, &mut dx);
+        }
+        let mut dw_ih = Vec::new();
+        if want.weights {
+            dw_ih = vec![0.0; g4 * inp];
+            sgemm(1.0, dz.t(), MatRef::new(x, rows, inp), 0.0, &mut dw_ih);
+        }
         (dx, dw_ih)
     };
     // dW_hh = sum_t dz_t^T h_{t-1}: h0 for step 0, y_{t-1} for the rest; db = column sums of dz
     let recurrent_grads = || {
+        if !want.weights {
+            return (Vec::new(), Vec::new());
+        }
         let mut dw_hh = vec![0.0; g4 * hn];
         if tn > 0 {
             sgemm(1.0, MatRef::new(&gates[..bn * g4], bn, g4).t(), MatRef::new(h0, bn, hn), 0.0, &mut dw_hh);

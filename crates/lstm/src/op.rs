@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 
 use crate::cell::Isa;
-use crate::layer::{self, Saved};
+use crate::layer::{self, Saved, Wanted};
 use crate::reference::{LstmDims, LstmParams};
 use crate::stack::DropMask;
 use ulmfit_tensor::{Error, Op, Result, Tensor};
@@ -110,12 +110,30 @@ impl Op for LstmOp {
         let w_hh_used = self.dropped.as_ref().map_or(&wh[..], |(_, m)| &m[..]);
         let p = LstmParams { w_ih: &wi, w_hh: w_hh_used, b_ih: &bi, b_hh: &bh };
         let (xd, h0d, c0d) = (x.data(), h0.data(), c0.data());
-        let mut g =
-            layer::backward(self.d, &p, &xd, &h0d, &c0d, &out.data(), saved, &dout.data(), None, None, self.isa);
+        // Frozen weights (gradual unfreezing) or an input that needs no gradient skip their GEMMs.
+        let want =
+            Wanted { dx: x.requires_grad(), weights: [w_ih, w_hh, b_ih, b_hh].iter().any(|w| w.requires_grad()) };
+        let mut g = layer::backward(
+            self.d,
+            &p,
+            &xd,
+            &h0d,
+            &c0d,
+            &out.data(),
+            saved,
+            &dout.data(),
+            (None, None),
+            want,
+            self.isa,
+        );
         if let Some((m, _)) = &self.dropped {
             m.apply_grad(&mut g.dw_hh);
         }
         let grads = [g.dx, g.dw_ih, g.dw_hh, g.db_ih, g.db_hh, g.dh0, g.dc0];
-        inputs.iter().zip(grads).map(|(input, gr)| Ok(Some(Tensor::from_vec(gr, input.shape())?))).collect()
+        inputs
+            .iter()
+            .zip(grads)
+            .map(|(input, gr)| input.requires_grad().then(|| Tensor::from_vec(gr, input.shape())).transpose())
+            .collect()
     }
 }

@@ -6,7 +6,7 @@
 //! layer by layer in tests/stack.rs.
 
 use crate::cell::Isa;
-use crate::layer::{self, Saved};
+use crate::layer::{self, Saved, Wanted};
 use crate::reference::{LstmDims, LstmGrads, LstmParams};
 use rayon::prelude::*;
 
@@ -180,7 +180,8 @@ impl LstmStack {
             let w = &self.layers[l];
             let p = w.params_with(tr.dropped.as_ref().map_or(&w.w_hh, |(w_hh, _)| w_hh));
             let saved = std::mem::take(&mut tr.saved);
-            let mut g = layer::backward(tr.d, &p, x, &tr.h0, &tr.c0, &tr.y, saved, &d_out, None, None, self.isa);
+            let mut g =
+                layer::backward(tr.d, &p, x, &tr.h0, &tr.c0, &tr.y, saved, &d_out, (None, None), Wanted::ALL, self.isa);
             if let Some((_, m)) = &tr.dropped {
                 m.apply_grad(&mut g.dw_hh);
             }

@@ -1,7 +1,8 @@
 //! Test helpers shared by the unit tests of the time-loop variants (`batched.rs`, `split.rs`):
 //! run the fused layer on random data, compare it with `reference.rs`, and run it twice.
 
-use crate::{layer, reference, Isa, LstmDims, LstmGrads, LstmParams};
+use crate::layer::{self, Wanted};
+use crate::{reference, Isa, LstmDims, LstmGrads, LstmParams};
 
 /// Uniform values in [-scale, scale) from a xorshift stream.
 fn rand_vec(seed: &mut u64, n: usize, scale: f32) -> Vec<f32> {
@@ -42,7 +43,7 @@ pub fn check_layer(d: LstmDims, isa: Isa) {
     let p = LstmParams { w_ih: &w_ih, w_hh: &w_hh, b_ih: &b_ih, b_hh: &b_hh };
     let run = || {
         let (out, saved) = layer::forward(d, &p, &x, &h0, &c0, isa);
-        let g = layer::backward(d, &p, &x, &h0, &c0, &out.y, saved, &dy, Some(&dh_n), Some(&dc_n), isa);
+        let g = layer::backward(d, &p, &x, &h0, &c0, &out.y, saved, &dy, (Some(&dh_n), Some(&dc_n)), Wanted::ALL, isa);
         (out, g)
     };
     let (out, g) = run();

@@ -4,7 +4,8 @@
 mod common;
 
 use common::{assert_close, grads_close, Case};
-use ulmfit_lstm::{layer, reference, Isa};
+use ulmfit_lstm::layer::{self, Wanted};
+use ulmfit_lstm::{reference, Isa};
 
 fn isas() -> Vec<Isa> {
     let all = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
@@ -50,8 +51,8 @@ fn fused_forward_and_backward_match_reference() {
                 &out.y,
                 saved,
                 &cs.dy,
-                Some(&cs.dh_n),
-                Some(&cs.dc_n),
+                (Some(&cs.dh_n), Some(&cs.dc_n)),
+                Wanted::ALL,
                 isa,
             );
             grads_close(&what, &g, &want_g, 1e-5);
@@ -64,12 +65,24 @@ fn simd_paths_match_scalar_path() {
     let cs = Case::new(7, 6, 20, 45, 99);
     let p = cs.params();
     let (base, saved) = layer::forward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, Isa::Scalar);
-    let base_g = layer::backward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, &base.y, saved, &cs.dy, None, None, Isa::Scalar);
+    let base_g = layer::backward(
+        cs.d,
+        &p,
+        &cs.x,
+        &cs.h0,
+        &cs.c0,
+        &base.y,
+        saved,
+        &cs.dy,
+        (None, None),
+        Wanted::ALL,
+        Isa::Scalar,
+    );
     for isa in isas().into_iter().skip(1) {
         let (out, saved) = layer::forward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, isa);
         assert_close(&format!("{isa:?} y"), &out.y, &base.y, 1e-6, 2e-6);
         assert_close(&format!("{isa:?} c_n"), &out.c_n, &base.c_n, 1e-6, 2e-6);
-        let g = layer::backward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, &out.y, saved, &cs.dy, None, None, isa);
+        let g = layer::backward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, &out.y, saved, &cs.dy, (None, None), Wanted::ALL, isa);
         grads_close(&format!("{isa:?}"), &g, &base_g, 2e-6);
     }
 }
@@ -120,7 +133,19 @@ fn backward_repeats_bit_for_bit() {
     let p = cs.params();
     let run = || {
         let (out, saved) = layer::forward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, Isa::detect());
-        layer::backward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, &out.y, saved, &cs.dy, None, None, Isa::detect())
+        layer::backward(
+            cs.d,
+            &p,
+            &cs.x,
+            &cs.h0,
+            &cs.c0,
+            &out.y,
+            saved,
+            &cs.dy,
+            (None, None),
+            Wanted::ALL,
+            Isa::detect(),
+        )
     };
     let (a, b) = (run(), run());
     let pairs = [
@@ -132,6 +157,42 @@ fn backward_repeats_bit_for_bit() {
     for (name, x, y) in pairs {
         let bad = x.iter().zip(y.iter()).position(|(u, v)| u.to_bits() != v.to_bits());
         assert!(bad.is_none(), "{name} differs between two identical runs at index {bad:?}");
+    }
+}
+
+/// A backward that skips dx or the weight gradients (frozen inputs, frozen layer) returns
+/// those empty and the rest bit for bit as a full backward, in each time-loop variant (row
+/// blocks at H=17; split at H=130 and batched at H=513, B=17 on AVX-512).
+#[test]
+fn skipped_gradients_come_back_empty_and_the_rest_unchanged() {
+    for (n, &(t, b, i, h)) in [(3, 2, 5, 17), (2, 3, 7, 130), (2, 17, 6, 513)].iter().enumerate() {
+        let cs = Case::new(t, b, i, h, 40 + n as u64);
+        let p = cs.params();
+        let run = |want| {
+            let (out, saved) = layer::forward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, Isa::detect());
+            layer::backward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, &out.y, saved, &cs.dy, (None, None), want, Isa::detect())
+        };
+        let all = run(Wanted::ALL);
+        for (want, kept) in
+            [(Wanted { dx: false, weights: true }, "weights"), (Wanted { dx: true, weights: false }, "dx")]
+        {
+            let g = run(want);
+            let pairs = [
+                ("dx", &g.dx, &all.dx, want.dx),
+                ("dw_ih", &g.dw_ih, &all.dw_ih, want.weights),
+                ("dw_hh", &g.dw_hh, &all.dw_hh, want.weights),
+                ("db_ih", &g.db_ih, &all.db_ih, want.weights),
+                ("dh0", &g.dh0, &all.dh0, true),
+                ("dc0", &g.dc0, &all.dc0, true),
+            ];
+            for (name, got, full, wanted) in pairs {
+                if wanted {
+                    assert!(got == full, "{:?} keeping {kept}: {name} differs from the full backward's", cs.d);
+                } else {
+                    assert!(got.is_empty(), "{:?} keeping {kept}: {name} was computed", cs.d);
+                }
+            }
+        }
     }
 }
 

@@ -44,25 +44,37 @@ fn composed(p: &[Tensor], mask: Option<&Tensor>) -> Result<Tensor> {
     Tensor::concat(&ys.iter().collect::<Vec<_>>(), 0)
 }
 
-/// Runs both versions with loss sum(y * dy) and compares y and the seven gradients.
-fn check(cs: &Case, drop: Option<DropMask>) -> Result<()> {
-    let what = format!("{:?} drop {drop:?}", cs.d);
+/// Runs both versions with loss sum(y * dy) and compares y and the seven gradients; the
+/// leaves at `frozen` need no gradient (gradual unfreezing) and must get none.
+fn check(cs: &Case, drop: Option<DropMask>, frozen: &[usize]) -> Result<()> {
+    let what = format!("{:?} drop {drop:?} frozen {frozen:?}", cs.d);
+    let leaves = |cs: &Case| -> Result<Vec<Tensor>> {
+        let p = leaves(cs);
+        for &k in frozen {
+            p[k].set_requires_grad(false)?;
+        }
+        Ok(p)
+    };
     let dy = Tensor::from_vec(cs.dy.clone(), &[cs.d.t, cs.d.b, cs.d.h])?;
     let mask = drop.map(|m| {
         let mut scale = Vec::new();
         m.apply(&vec![1.0; cs.w_hh.len()], &mut scale);
         Tensor::from_vec(scale, &[4 * cs.d.h, cs.d.h]).expect("w_hh shape")
     });
-    let want_p = leaves(cs);
+    let want_p = leaves(cs)?;
     let want_y = composed(&want_p, mask.as_ref())?;
     want_y.mul(&dy)?.sum_all()?.backward()?;
-    let got_p = leaves(cs);
+    let got_p = leaves(cs)?;
     let [x, w_ih, w_hh, b_ih, b_hh, h0, c0] = &got_p[..] else { unreachable!("seven leaves") };
     let got = op::lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, drop)?;
     got.y.mul(&dy)?.sum_all()?.backward()?;
     assert_close(&format!("{what} y"), &got.y.to_vec(), &want_y.to_vec(), 1e-6, 1e-5);
     let names = ["dx", "dw_ih", "dw_hh", "db_ih", "db_hh", "dh0", "dc0"];
-    for ((name, g), w) in names.iter().zip(&got_p).zip(&want_p) {
+    for (k, ((name, g), w)) in names.iter().zip(&got_p).zip(&want_p).enumerate() {
+        if frozen.contains(&k) {
+            assert!(g.grad().is_none(), "{what}: frozen {name} got a gradient");
+            continue;
+        }
         let (g, w) = (g.grad().expect("fused grad").to_vec(), w.grad().expect("composed grad").to_vec());
         let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         assert_close(&format!("{what} {name}"), &g, &w, 1e-5 * scale, 1e-5);
@@ -73,9 +85,18 @@ fn check(cs: &Case, drop: Option<DropMask>) -> Result<()> {
 #[test]
 fn fused_op_matches_composed_autograd_ops() -> Result<()> {
     for (n, &(t, b, i, h)) in [(1, 1, 3, 5), (4, 3, 6, 17), (3, 19, 8, 20)].iter().enumerate() {
-        check(&Case::new(t, b, i, h, 50 + n as u64), None)?;
+        check(&Case::new(t, b, i, h, 50 + n as u64), None, &[])?;
     }
-    check(&Case::new(5, 4, 7, 18, 60), Some(DropMask { p: 0.4, seed: 11 }))
+    check(&Case::new(5, 4, 7, 18, 60), Some(DropMask { p: 0.4, seed: 11 }), &[])
+}
+
+/// A frozen layer (weights and biases) over a trainable input, and a trainable layer over a
+/// frozen input with a detached state: what is left still matches the composed ops.
+#[test]
+fn frozen_weights_or_input_get_no_gradient_and_the_rest_still_match() -> Result<()> {
+    let drop = Some(DropMask { p: 0.4, seed: 11 });
+    check(&Case::new(4, 3, 6, 17, 70), drop, &[1, 2, 3, 4])?;
+    check(&Case::new(4, 3, 6, 17, 71), drop, &[0, 5, 6])
 }
 
 #[test]
