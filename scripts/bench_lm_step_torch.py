@@ -12,7 +12,7 @@ forward, hidden state carried and detached, decoder tied to the embedding.
 tokens/s = B*T / median step time.
 
     OMP_NUM_THREADS=2 python3 scripts/bench_lm_step_torch.py [--device cpu|cuda] [--tf32]
-        [--ours target/release/ulmfit] [--plain] [--steps 20]
+        [--ours target/release/ulmfit] [--plain] [--steps 20] [--frozen]
         [--vocab 33278 --emb 400 --hidden 1152 --layers 3 --batch 64 --seq 70]
 """
 import argparse, json, statistics, subprocess, sys, time, warnings
@@ -118,12 +118,20 @@ def build_model(vocab, emb, hid, n_layers, plain):
     return PlainAwdLstmLM(vocab, emb, hid, n_layers), "plain PyTorch"
 
 
-def time_torch(device, vocab, emb, hid, n_layers, bs, bptt, steps, tf32, plain):
+def lstm_layers(model):
+    """The LSTM layers' module list: fastai's `model[0].rnns`, or the plain model's `rnns`."""
+    return model[0].rnns if isinstance(model, nn.Sequential) else model.rnns
+
+
+def time_torch(device, vocab, emb, hid, n_layers, bs, bptt, steps, tf32, plain, frozen):
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
     torch.manual_seed(0)
     model, kind = build_model(vocab, emb, hid, n_layers, plain)
+    if frozen:  # fastai's learn.freeze() on an LM: only the embedding / tied decoder group trains
+        for p in lstm_layers(model).parameters():
+            p.requires_grad_(False)
     model = model.to(device)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-5)
@@ -165,6 +173,8 @@ def main():
     ap.add_argument("--seq", type=int, default=70)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--tf32", action="store_true")
+    ap.add_argument("--frozen", action="store_true",
+                    help="LSTM layers frozen: the step of the first LM fine-tuning epoch (CPU)")
     ap.add_argument("--plain", action="store_true", help="plain PyTorch even if fastai is installed")
     ap.add_argument("--ours", default="target/release/ulmfit", help="our binary ('' to skip)")
     args = ap.parse_args()
@@ -178,17 +188,20 @@ def main():
                "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps), "--json"]
         if args.tf32:
             cmd.append("--tf32")
+        if args.frozen:
+            cmd.append("--frozen")
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode == 0:
             ours = json.loads(run.stdout.strip().splitlines()[-1])
         else:  # still time PyTorch, and say why ours is missing
             print(f"ulmfit-rs failed (rc {run.returncode}): {run.stderr.strip()[-2000:]}")
     secs, kind, losses = time_torch(args.device, args.vocab, args.emb, args.hidden, args.layers,
-                                    args.batch, args.seq, args.steps, args.tf32, args.plain)
+                                    args.batch, args.seq, args.steps, args.tf32, args.plain, args.frozen)
     torch_tps = tokens / secs
     prec = "tf32" if args.tf32 else "fp32"
     sizes = "-".join(map(str, [args.emb] + [args.hidden] * (args.layers - 1) + [args.emb]))
-    print(f"AWD-LSTM LM step, V={args.vocab} {sizes} B={args.batch} T={args.seq} on {args.device} ({prec})")
+    frozen = ", LSTM layers frozen" if args.frozen else ""
+    print(f"AWD-LSTM LM step, V={args.vocab} {sizes} B={args.batch} T={args.seq}{frozen} on {args.device} ({prec})")
     print(f"  PyTorch ({kind}): {secs * 1e3:9.2f} ms  {torch_tps:10.0f} tokens/s"
           f"  (median of {args.steps}; loss {losses[0]:.3f} -> {losses[-1]:.3f})")
     if ours:

@@ -47,6 +47,10 @@ pub struct LmStepArgs {
     /// Timed steps (the median is reported).
     #[arg(long, default_value_t = 3)]
     steps: usize,
+    /// Train only the top group (embedding and tied decoder), as in the first epoch of LM
+    /// fine-tuning (fastai's `learn.freeze()`); the LSTM layers are frozen. CPU only.
+    #[arg(long)]
+    frozen: bool,
     /// Where it runs.
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
@@ -134,10 +138,18 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Lstm(args) => lstm(args),
         BenchCommand::LmStep(a) => {
-            let shape =
-                LmShape { vocab: a.vocab, emb: a.emb, hidden: a.hidden, layers: a.layers, batch: a.batch, seq: a.seq };
+            let shape = LmShape {
+                vocab: a.vocab,
+                emb: a.emb,
+                hidden: a.hidden,
+                layers: a.layers,
+                batch: a.batch,
+                seq: a.seq,
+                frozen: a.frozen,
+            };
             shape.check()?;
             ensure!(a.steps > 0, "--steps must be positive");
+            ensure!(!(a.frozen && a.device == Device::Cuda), "--frozen is measured on the CPU only");
             match a.device {
                 Device::Cpu => super::bench_lm::lm_step_cpu(&shape, a.steps, a.json),
                 Device::Cuda => super::bench_cuda::lm_step(&shape, a.steps, a.tf32, a.json),

@@ -1,8 +1,9 @@
 //! `ulmfit bench lm-step --device cpu`: one AWD-LSTM language-model training step
 //! (by default 3 layers 400-1152-1152-400, tied decoder, fastai's LM dropouts including
 //! weight dropout, AR/TAR, cross-entropy, clipping 0.1, Adam) at `[T, B]`, timed as the
-//! median of `steps` steps after one warm-up step. `scripts/bench_lm_step_torch.py` runs the
-//! same step in PyTorch + fastai and prints the ratio.
+//! median of `steps` steps after one warm-up step; `frozen` times the step of the first LM
+//! fine-tuning epoch instead, only the embedding and decoder trained. `scripts/bench_lm_step_torch.py`
+//! runs the same step in PyTorch + fastai and prints the ratio.
 
 use std::time::Instant;
 
@@ -10,6 +11,7 @@ use ulmfit_tensor::optim::{Adam, ParamGroup};
 use ulmfit_tensor::Rng;
 use ulmfit_text::LmBatch;
 use ulmfit_trainer::awd_lstm::{AwdLstmConfig, LanguageModel};
+use ulmfit_trainer::schedule::FreezeStage;
 use ulmfit_trainer::train::{lm_train_step, StepConfig};
 
 /// The model and batch of one timed LM step: V, E, H, layers, B, T.
@@ -26,6 +28,8 @@ pub struct LmShape {
     pub batch: usize,
     /// T
     pub seq: usize,
+    /// Only the top group (embedding and tied decoder) trains.
+    pub frozen: bool,
 }
 
 impl LmShape {
@@ -47,7 +51,8 @@ impl LmShape {
         sizes.extend((1..self.layers).map(|_| self.hidden));
         sizes.push(self.emb);
         let sizes: Vec<String> = sizes.iter().map(|s| s.to_string()).collect();
-        format!("awd-lstm lm-step V{} {} B{} T{}", self.vocab, sizes.join("-"), self.batch, self.seq)
+        let frozen = if self.frozen { " frozen" } else { "" };
+        format!("awd-lstm lm-step V{} {} B{} T{}{frozen}", self.vocab, sizes.join("-"), self.batch, self.seq)
     }
 }
 
@@ -58,7 +63,9 @@ pub fn lm_step_cpu(shape: &LmShape, steps: usize, json: bool) -> anyhow::Result<
     let config =
         AwdLstmConfig { emb_sz: shape.emb, n_hid: shape.hidden, n_layers: shape.layers, ..AwdLstmConfig::lm(vocab) };
     let mut model = LanguageModel::new(config, &mut rng);
-    let groups = model.param_groups().into_iter().map(|p| ParamGroup::new(p, 1e-3)).collect();
+    let groups: Vec<ParamGroup> = model.param_groups().into_iter().map(|p| ParamGroup::new(p, 1e-3)).collect();
+    let trainable_groups_from_top = if shape.frozen { 1 } else { usize::MAX };
+    FreezeStage { trainable_groups_from_top, epochs: 1, lr_max: 1e-3, lr_div: 1.0 }.apply(&groups)?;
     let mut opt = Adam::new(groups, 1e-5);
     let ids: Vec<u32> = (0..(seq + 1) * batch).map(|_| rng.below(vocab) as u32).collect();
     let lm_batch =
