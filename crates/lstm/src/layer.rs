@@ -89,7 +89,7 @@ pub fn forward(d: LstmDims, p: &LstmParams, x: &[f32], h0: &[f32], c0: &[f32], i
 
 /// Which gradients [`backward`] computes besides dh0 and dc0 (the recurrence gives those):
 /// a frozen layer needs no weight gradients, a layer over frozen inputs no dx. The skipped
-/// ones come back empty, and so do their GEMMs' costs.
+/// ones come back empty and cost nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Wanted {
     /// dL/dx.

@@ -83,6 +83,7 @@ pub trait Lanes: Copy {
     /// `2^n` for integral `n` in [-126, 127].
     fn pow2(self) -> Self;
     /// The `N` lanes, in the first `N` places of the array.
+    #[inline(always)]
     fn to_array(self) -> [f32; 16] {
         let mut a = [0.0; 16];
         // SAFETY: N <= 16 for every width.
