@@ -456,19 +456,7 @@ fn clas_dropconnect_gradient_vanishes_exactly_where_every_chunk_drops() {
         return;
     };
     let drop = ClasDropouts { weight: 0.5, ..ClasDropouts::off() };
-    let c = ClasConfig {
-        vocab: 60,
-        emb: 16,
-        hidden: 24,
-        layers: 3,
-        features: 50,
-        classes: 3,
-        bptt: 5,
-        max_len: 10,
-        batch: 4,
-        drop,
-        seed: 9,
-    };
+    let c = ClasConfig { drop, max_len: 10, batch: 4, ..cfg() };
     let enc = AwdLstmConfig { vocab: 60, emb_sz: 16, n_hid: 24, n_layers: 3, drop: Dropouts::lm().scaled(0.0) };
     let mut rng = Rng::new(4);
     let m = Classifier::new(AwdLstm::new(enc, &mut rng), 3, 50, 0.0, &mut rng);
