@@ -2,8 +2,8 @@
 //! (by default 3 layers 400-1152-1152-400, tied decoder, fastai's LM dropouts including
 //! weight dropout, AR/TAR, cross-entropy, clipping 0.1, Adam) at `[T, B]`, timed as the
 //! median of `steps` steps after one warm-up step; `frozen` times the step of the first LM
-//! fine-tuning epoch instead, only the embedding and decoder trained. `scripts/bench_lm_step_torch.py`
-//! runs the same step in PyTorch + fastai and prints the ratio.
+//! fine-tuning epoch instead, only the embedding and decoder trained.
+//! `scripts/bench_lm_step_torch.py` runs the same step in PyTorch + fastai and prints the ratio.
 
 use std::time::Instant;
 
