@@ -73,7 +73,8 @@ done
 
 {
     echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -n)"
-    dirty=$([ -n "$(git status --porcelain 2>/dev/null)" ] && echo " (uncommitted changes included)")
+    dirty=""
+    if [ -n "$(git status --porcelain 2>/dev/null)" ]; then dirty=" (uncommitted changes included)"; fi
     echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo none)$dirty"
     echo "rustc: $(rustc --version)"
     echo "glibc needed: $(objdump -T "$BUNDLE/ulmfit" | grep -o 'GLIBC_[0-9.]*' | sort -V | tail -1)"
