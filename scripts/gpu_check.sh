@@ -57,7 +57,8 @@ if missing:
 print("test binaries:", " ".join(sorted(copied)))
 EOF
 rm -f "$TESTS_JSON"
-strip "$BUNDLE/ulmfit" "$BUNDLE"/tests/* 2>/dev/null
+strip "$BUNDLE/ulmfit"
+[ -z "$(ls -A "$BUNDLE/tests")" ] || strip "$BUNDLE"/tests/*
 
 # The data of the GPU presets (the device machine has no ../shared).
 DATA="${ULMFIT_DATA:-$ROOT/../shared/data}"
