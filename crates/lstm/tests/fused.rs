@@ -5,7 +5,7 @@ mod common;
 
 use common::{assert_close, grads_close, Case};
 use ulmfit_lstm::layer::{self, Wanted};
-use ulmfit_lstm::{reference, Isa};
+use ulmfit_lstm::{reference, Isa, LstmGrads, LstmOutput};
 
 fn isas() -> Vec<Isa> {
     let all = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
@@ -14,6 +14,16 @@ fn isas() -> Vec<Isa> {
         println!("skipping {:?}: not supported by this CPU", &all[have.len()..]);
     }
     have
+}
+
+/// The fused layer's forward and backward on `cs` with `isa`: dL/dy = `cs.dy`, and with
+/// `state_grads` also dL/dh_n = `cs.dh_n`, dL/dc_n = `cs.dc_n`.
+fn fused(cs: &Case, isa: Isa, state_grads: bool, want: Wanted) -> (LstmOutput, LstmGrads) {
+    let p = cs.params();
+    let (out, saved) = layer::forward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, isa);
+    let dstate = if state_grads { (Some(&cs.dh_n[..]), Some(&cs.dc_n[..])) } else { (None, None) };
+    let g = layer::backward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, &out.y, saved, &cs.dy, dstate, want, isa);
+    (out, g)
 }
 
 /// (T, B, I, H): B=1, T=1, H=1, H not a multiple of 8 or 16, B=19 (two row blocks, every tile
@@ -38,23 +48,10 @@ fn fused_forward_and_backward_match_reference() {
         let want_g = reference::backward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, &cs.dy, Some(&cs.dh_n), Some(&cs.dc_n));
         for isa in isas() {
             let what = format!("{:?} {isa:?}", cs.d);
-            let (out, saved) = layer::forward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, isa);
+            let (out, g) = fused(&cs, isa, true, Wanted::ALL);
             assert_close(&format!("{what} y"), &out.y, &want.y, 1e-6, 1e-5);
             assert_close(&format!("{what} h_n"), &out.h_n, &want.h_n, 1e-6, 1e-5);
             assert_close(&format!("{what} c_n"), &out.c_n, &want.c_n, 1e-6, 1e-5);
-            let g = layer::backward(
-                cs.d,
-                &p,
-                &cs.x,
-                &cs.h0,
-                &cs.c0,
-                &out.y,
-                saved,
-                &cs.dy,
-                (Some(&cs.dh_n), Some(&cs.dc_n)),
-                Wanted::ALL,
-                isa,
-            );
             grads_close(&what, &g, &want_g, 1e-5);
         }
     }
@@ -63,26 +60,11 @@ fn fused_forward_and_backward_match_reference() {
 #[test]
 fn simd_paths_match_scalar_path() {
     let cs = Case::new(7, 6, 20, 45, 99);
-    let p = cs.params();
-    let (base, saved) = layer::forward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, Isa::Scalar);
-    let base_g = layer::backward(
-        cs.d,
-        &p,
-        &cs.x,
-        &cs.h0,
-        &cs.c0,
-        &base.y,
-        saved,
-        &cs.dy,
-        (None, None),
-        Wanted::ALL,
-        Isa::Scalar,
-    );
+    let (base, base_g) = fused(&cs, Isa::Scalar, false, Wanted::ALL);
     for isa in isas().into_iter().skip(1) {
-        let (out, saved) = layer::forward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, isa);
+        let (out, g) = fused(&cs, isa, false, Wanted::ALL);
         assert_close(&format!("{isa:?} y"), &out.y, &base.y, 1e-6, 2e-6);
         assert_close(&format!("{isa:?} c_n"), &out.c_n, &base.c_n, 1e-6, 2e-6);
-        let g = layer::backward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, &out.y, saved, &cs.dy, (None, None), Wanted::ALL, isa);
         grads_close(&format!("{isa:?}"), &g, &base_g, 2e-6);
     }
 }
@@ -130,23 +112,7 @@ fn reference_backward_matches_finite_differences() {
 #[test]
 fn backward_repeats_bit_for_bit() {
     let cs = Case::new(6, 21, 9, 35, 12);
-    let p = cs.params();
-    let run = || {
-        let (out, saved) = layer::forward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, Isa::detect());
-        layer::backward(
-            cs.d,
-            &p,
-            &cs.x,
-            &cs.h0,
-            &cs.c0,
-            &out.y,
-            saved,
-            &cs.dy,
-            (None, None),
-            Wanted::ALL,
-            Isa::detect(),
-        )
-    };
+    let run = || fused(&cs, Isa::detect(), false, Wanted::ALL).1;
     let (a, b) = (run(), run());
     let pairs = [
         ("dx", &a.dx, &b.dx),
@@ -167,11 +133,7 @@ fn backward_repeats_bit_for_bit() {
 fn skipped_gradients_come_back_empty_and_the_rest_unchanged() {
     for (n, &(t, b, i, h)) in [(3, 2, 5, 17), (2, 3, 7, 130), (2, 17, 6, 513)].iter().enumerate() {
         let cs = Case::new(t, b, i, h, 40 + n as u64);
-        let p = cs.params();
-        let run = |want| {
-            let (out, saved) = layer::forward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, Isa::detect());
-            layer::backward(cs.d, &p, &cs.x, &cs.h0, &cs.c0, &out.y, saved, &cs.dy, (None, None), want, Isa::detect())
-        };
+        let run = |want| fused(&cs, Isa::detect(), false, want).1;
         let all = run(Wanted::ALL);
         for (want, kept) in
             [(Wanted { dx: false, weights: true }, "weights"), (Wanted { dx: true, weights: false }, "dx")]
