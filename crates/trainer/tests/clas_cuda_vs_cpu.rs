@@ -386,7 +386,8 @@ fn group_mut(w: &mut ClasWeights, k: usize) -> Vec<&mut Vec<f32>> {
 /// Dropouts on (every mask drawn from the hash, the same masks in each call of one step), one
 /// chunk: the GPU gradient of single weights of each parameter group against the central
 /// difference of the GPU loss. A forward/backward mask mismatch (embedding, input, DropConnect,
-/// hidden, head) gives errors of tens of percent; the tolerance is 2%.
+/// hidden, head) gives errors of tens of percent; the tolerance is 2%. Weights whose three
+/// step sizes disagree (a max-pooling or ReLU kink within the step) are passed over.
 #[test]
 fn clas_dropout_gradients_match_finite_differences() {
     let Some(gpu) = gpu_or_skip("clas_dropout_gradients_match_finite_differences", false) else { return };
@@ -404,10 +405,12 @@ fn clas_dropout_gradients_match_finite_differences() {
     let w1 = gm.weights().unwrap();
     let loss = gm.forward_backward(&docs, &labels, [0.0, 0.0]).expect("forward+backward");
     let grads = gm.grads().unwrap();
-    // Single weights, the three with the largest gradient in each group: a nudge of one weight
-    // crosses few kinks (max pooling and ReLU are only piecewise smooth; a +-1 direction over a
-    // whole group crosses many), and two step sizes are tried, the closer judged (a mask
-    // mismatch fails both).
+    // Single weights, largest gradient first. Max pooling and ReLU make the loss only piecewise
+    // smooth, and a kink inside the step bends a central difference, the more the larger the
+    // step. So each weight is differenced at three steps: where they disagree by more than
+    // the tolerance a kink is near and the weight is passed over. Three smooth weights per
+    // group must match. A mask mismatch gives differences that agree with each other and not
+    // with the gradient, and fails.
     let mut fd = |k: usize, j: usize, eps: f32| -> f64 {
         let mut losses = [0.0f32; 2];
         for (s, sign) in [1.0f32, -1.0].into_iter().enumerate() {
@@ -429,21 +432,28 @@ fn clas_dropout_gradients_match_finite_differences() {
         let g: Vec<f32> = grads.groups()[k].iter().flat_map(|(_, t)| t.iter().copied()).collect();
         let mut order: Vec<usize> = (0..g.len()).collect();
         order.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
-        for &j in &order[..3] {
+        let mut smooth = 0;
+        for &j in order.iter().take(12) {
             let analytic = g[j] as f64;
-            let numeric = [1e-3, 2.5e-4].map(|eps| fd(k, j, eps));
-            let err = numeric.map(|n| (n - analytic).abs()).into_iter().fold(f64::INFINITY, f64::min);
+            let numeric = [1e-3, 5e-4, 2.5e-4].map(|eps| fd(k, j, eps));
+            let tol = 2e-2 * analytic.abs() + 1e-4;
+            let (lo, hi) = numeric.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &n| (l.min(n), h.max(n)));
+            let err = numeric.iter().map(|n| (n - analytic).abs()).fold(0.0, f64::max);
+            let verdict = if hi - lo > tol { "near a kink, passed over" } else { "smooth" };
             println!(
-                "  group {k} weight {j}: loss {loss} gradient GPU {analytic:.6} finite differences {:.6} {:.6} (rel err {:.2e})",
-                numeric[0],
-                numeric[1],
+                "  group {k} weight {j}: loss {loss} gradient GPU {analytic:.6} finite differences {numeric:.6?} (rel err {:.2e}, {verdict})",
                 err / analytic.abs().max(1e-12)
             );
-            assert!(
-                err <= 2e-2 * analytic.abs() + 1e-4,
-                "group {k} weight {j}: gradient {analytic} vs finite differences {numeric:?}"
-            );
+            if hi - lo > tol {
+                continue;
+            }
+            assert!(err <= tol, "group {k} weight {j}: gradient {analytic} vs finite differences {numeric:?}");
+            smooth += 1;
+            if smooth == 3 {
+                break;
+            }
         }
+        assert_eq!(smooth, 3, "group {k}: fewer than 3 of the 12 largest gradients are away from kinks");
     }
 }
 
