@@ -386,7 +386,7 @@ fn group_mut(w: &mut ClasWeights, k: usize) -> Vec<&mut Vec<f32>> {
 /// Dropouts on (every mask drawn from the hash, the same masks in each call of one step), one
 /// chunk: the GPU gradient of single weights of each parameter group against the central
 /// difference of the GPU loss. A forward/backward mask mismatch (embedding, input, DropConnect,
-/// hidden, head) gives errors of tens of percent; the tolerance is 2%. Weights whose three
+/// hidden, head) gives errors of tens of percent; the tolerance is 2%. Weights whose two
 /// step sizes disagree (a max-pooling or ReLU kink within the step) are passed over.
 #[test]
 fn clas_dropout_gradients_match_finite_differences() {
@@ -405,12 +405,14 @@ fn clas_dropout_gradients_match_finite_differences() {
     let w1 = gm.weights().unwrap();
     let loss = gm.forward_backward(&docs, &labels, [0.0, 0.0]).expect("forward+backward");
     let grads = gm.grads().unwrap();
-    // Single weights, largest gradient first. Max pooling and ReLU make the loss only piecewise
-    // smooth, and a kink inside the step bends a central difference, the more the larger the
-    // step. So each weight is differenced at three steps: where they disagree by more than
-    // the tolerance a kink is near and the weight is passed over. Three smooth weights per
-    // group must match. A mask mismatch gives differences that agree with each other and not
-    // with the gradient, and fails.
+    // Single weights, largest gradient first. Max pooling and the head's ReLU (800 inputs
+    // here) make the loss only piecewise smooth, and a kink inside the step bends a central
+    // difference, the more the larger the step (GPU run of 78b6884: a bias whose differences
+    // read 0.274 / 0.289 / 0.320 at steps 1e-3 / 5e-4 / 2.5e-4 against a gradient of 0.347,
+    // one kink 1.7e-4 away). So each weight is differenced at two steps: where they disagree
+    // by more than the tolerance a kink is near and the weight is passed over. Three smooth
+    // weights per group must match. A mask mismatch gives differences that agree with each
+    // other and not with the gradient, and fails.
     let mut fd = |k: usize, j: usize, eps: f32| -> f64 {
         let mut losses = [0.0f32; 2];
         for (s, sign) in [1.0f32, -1.0].into_iter().enumerate() {
@@ -433,9 +435,9 @@ fn clas_dropout_gradients_match_finite_differences() {
         let mut order: Vec<usize> = (0..g.len()).collect();
         order.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
         let mut smooth = 0;
-        for &j in order.iter().take(12) {
+        for &j in order.iter().take(24) {
             let analytic = g[j] as f64;
-            let numeric = [1e-3, 5e-4, 2.5e-4].map(|eps| fd(k, j, eps));
+            let numeric = [5e-4, 2.5e-4].map(|eps| fd(k, j, eps));
             let tol = 2e-2 * analytic.abs() + 1e-4;
             let (lo, hi) = numeric.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &n| (l.min(n), h.max(n)));
             let err = numeric.iter().map(|n| (n - analytic).abs()).fold(0.0, f64::max);
@@ -453,7 +455,7 @@ fn clas_dropout_gradients_match_finite_differences() {
                 break;
             }
         }
-        assert_eq!(smooth, 3, "group {k}: fewer than 3 of the 12 largest gradients are away from kinks");
+        assert_eq!(smooth, 3, "group {k}: fewer than 3 of the 24 largest gradients are away from kinks");
     }
 }
 
