@@ -2,6 +2,7 @@
 //!
 //! - [`device`]: driver probe, one context and stream, cuBLAS handle, NVRTC kernel cache.
 //! - [`error`]: CUDA errors with what was being done, out of memory with the size.
+//! - [`launch`]: NVRTC kernel bundles loaded by name, the one launch path of `lm` and `clas`.
 //! - [`plan`]: the LSTM layer as a list of GEMMs and cell launches (forward and backward).
 //! - [`lstm`]: runs those lists on the GPU, directly or as CUDA graphs.
 //! - [`lm`]: the AWD-LSTM language-model training step, device-resident.
@@ -17,6 +18,7 @@
 pub mod clas;
 pub mod device;
 pub mod error;
+pub mod launch;
 pub mod lm;
 pub mod lstm;
 pub mod plan;

@@ -1,14 +1,16 @@
 //! The classifier's kernels (`kernels/clas_*.cu`, after `kernels/lm_hash.cu`): compiled by
 //! NVRTC once per process, loaded into the GPU's context, one launch wrapper per kernel with
-//! the kernel's name. Every pointer is a raw device address into a buffer the caller owns,
-//! sized as the kernel's header comment says. Dropout and the embedding reuse the LM's
+//! the kernel's name, through [`KernelSet::launch`]. Every wrapper passes the arguments in
+//! the order and with the types of its kernel's signature in kernels/clas_*.cu; every pointer
+//! is a raw device address into a buffer the caller owns, sized as the kernel's header comment
+//! says. Dropout and the embedding reuse the LM's
 //! kernels (`crate::lm::kernels`).
 
-use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
-use crate::device::{compile_cached, ptx_arch, Gpu};
-use crate::error::{DriverContext, Result};
-use crate::lm::kernels::Arg;
+use crate::device::Gpu;
+use crate::error::Result;
+use crate::launch::{blocks, stride_grid, Arg, KernelSet, BLOCK};
 
 /// The classifier kernel sources, in the order NVRTC sees them.
 pub const CLAS_CU: &str = concat!(
@@ -39,20 +41,10 @@ pub const NAMES: [&str; 13] = [
 
 /// Blocks of `clas_sumsq_partial`: the length of its partial-sum buffer.
 pub const NORM_BLOCKS: usize = 256;
-/// Threads per block.
-const BLOCK: u32 = 256;
-/// Most blocks of a grid-stride kernel.
-const MAX_BLOCKS: usize = 132 * 16;
 
-/// Grid for a grid-stride loop over `n` elements.
-fn stride_grid(n: usize) -> LaunchConfig {
-    let blocks = n.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
-}
-
-/// One block of `BLOCK` threads.
+/// One block of [`BLOCK`] threads.
 fn one_block() -> LaunchConfig {
-    LaunchConfig { grid_dim: (1, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+    blocks(1, BLOCK)
 }
 
 /// The buffers of one batch-norm forward.
@@ -76,39 +68,15 @@ pub struct BnBufs {
     pub var: u64,
 }
 
-/// The loaded classifier kernels, indexed like [`NAMES`].
+/// The loaded classifier kernels.
 pub struct ClasKernels {
-    funcs: Vec<CudaFunction>,
+    set: KernelSet,
 }
 
 impl ClasKernels {
     /// Compiles (once per process) and loads the classifier kernels into `gpu`'s context.
     pub fn load(gpu: &Gpu) -> Result<Self> {
-        let (major, minor) = gpu.stream().context().compute_capability().op("compute capability")?;
-        let ptx = compile_cached(CLAS_CU_NAME, CLAS_CU, &ptx_arch(major, minor))?;
-        let module = gpu.stream().context().load_module(ptx).op("load kernels/clas_*.cu PTX")?;
-        let funcs =
-            NAMES.iter().map(|name| module.load_function(name).op(&format!("load {name}"))).collect::<Result<_>>()?;
-        Ok(ClasKernels { funcs })
-    }
-
-    /// Launches kernel `name` with `args` in the kernel's parameter order.
-    fn launch(&self, gpu: &Gpu, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
-        let k = NAMES.iter().position(|n| *n == name).expect("kernel name is in NAMES");
-        let mut lb = gpu.stream().launch_builder(&self.funcs[k]);
-        for a in args {
-            match a {
-                Arg::Ptr(v) | Arg::U64(v) => lb.arg(v),
-                Arg::I32(v) => lb.arg(v),
-                Arg::I64(v) => lb.arg(v),
-                Arg::U32(v) => lb.arg(v),
-                Arg::F32(v) => lb.arg(v),
-            };
-        }
-        // SAFETY: each wrapper below passes the arguments in the order and with the types of
-        // the kernel's signature in kernels/clas_*.cu, and addresses of live device buffers
-        // at least as long as the kernel's header comment says.
-        unsafe { lb.launch(cfg) }.map(|_| ()).op(name)
+        Ok(ClasKernels { set: KernelSet::load(gpu, CLAS_CU_NAME, CLAS_CU, &NAMES)? })
     }
 
     /// `clas_pool_fwd`: out [B, 3E] and argmax [B, E] from the top layer's Hs arena.
@@ -128,7 +96,7 @@ impl ClasKernels {
         let [hs_off, rows, lens, from] = table.map(Arg::Ptr);
         let args = [Arg::Ptr(out), Arg::Ptr(argmax), Arg::Ptr(hs), hs_off, rows, lens, from];
         let sizes = [b, e, bptt].map(|v| Arg::I32(v as i32));
-        self.launch(gpu, "clas_pool_fwd", stride_grid(b * e), &[&args[..], &sizes[..]].concat())
+        self.set.launch(gpu, "clas_pool_fwd", stride_grid(b * e), &[&args[..], &sizes[..]].concat())
     }
 
     /// `clas_pool_bwd`: dy [len, rows, E] of one chunk from dpool [B, 3E].
@@ -156,7 +124,7 @@ impl ClasKernels {
             Arg::I32(rows as i32),
             Arg::I32(e as i32),
         ];
-        self.launch(gpu, "clas_pool_bwd", stride_grid(len * rows * e), &args)
+        self.set.launch(gpu, "clas_pool_bwd", stride_grid(len * rows * e), &args)
     }
 
     /// `clas_ar_tar_bwd`: adds fastai's AR/TAR gradient (`ka`, `kt` as in the kernel) to dy
@@ -176,7 +144,7 @@ impl ClasKernels {
         let args = [Arg::Ptr(dy), Arg::Ptr(hs), hs_off, rows_c, lens, from];
         let sizes = [start, len, rows, e, bptt].map(|v| Arg::I32(v as i32));
         let ks = [Arg::F32(ka), Arg::F32(kt)];
-        self.launch(gpu, "clas_ar_tar_bwd", stride_grid(len * rows * e), &[&args[..], &sizes[..], &ks[..]].concat())
+        self.set.launch(gpu, "clas_ar_tar_bwd", stride_grid(len * rows * e), &[&args[..], &sizes[..], &ks[..]].concat())
     }
 
     /// `clas_bn_fwd` over [n, c]: y, xhat, inv_std; running stats updated when `train`.
@@ -196,7 +164,7 @@ impl ClasKernels {
             Arg::F32(BN_MOMENTUM),
             Arg::F32(BN_EPS),
         ];
-        self.launch(gpu, "clas_bn_fwd", stride_grid(c), &args)
+        self.set.launch(gpu, "clas_bn_fwd", stride_grid(c), &args)
     }
 
     /// `clas_bn_bwd` over [n, c] of the forward `f`: dx [n, c] and (dgamma, dbeta) [c]
@@ -223,19 +191,19 @@ impl ClasKernels {
             Arg::I32(n as i32),
             Arg::I32(c as i32),
         ];
-        self.launch(gpu, "clas_bn_bwd", stride_grid(c), &args)
+        self.set.launch(gpu, "clas_bn_bwd", stride_grid(c), &args)
     }
 
     /// `clas_relu_fwd`: y = max(x, 0) over n.
     pub fn clas_relu_fwd(&self, gpu: &Gpu, y: u64, x: u64, n: usize) -> Result<()> {
         let args = [Arg::Ptr(y), Arg::Ptr(x), Arg::I32(n as i32)];
-        self.launch(gpu, "clas_relu_fwd", stride_grid(n), &args)
+        self.set.launch(gpu, "clas_relu_fwd", stride_grid(n), &args)
     }
 
     /// `clas_relu_bwd`: dx = x > 0 ? dy : 0 over n.
     pub fn clas_relu_bwd(&self, gpu: &Gpu, dx: u64, dy: u64, x: u64, n: usize) -> Result<()> {
         let args = [Arg::Ptr(dx), Arg::Ptr(dy), Arg::Ptr(x), Arg::I32(n as i32)];
-        self.launch(gpu, "clas_relu_bwd", stride_grid(n), &args)
+        self.set.launch(gpu, "clas_relu_bwd", stride_grid(n), &args)
     }
 
     /// `clas_xent`: loss [1], ce [n], dlogits [n, c] from logits [n, c] and labels [n].
@@ -260,31 +228,35 @@ impl ClasKernels {
             Arg::I32(n as i32),
             Arg::I32(c as i32),
         ];
-        self.launch(gpu, "clas_xent", one_block(), &args)
+        self.set.launch(gpu, "clas_xent", one_block(), &args)
     }
 
     /// `clas_softmax`: probs [n, c] from logits [n, c].
     pub fn clas_softmax(&self, gpu: &Gpu, probs: u64, logits: u64, n: usize, c: usize) -> Result<()> {
         let args = [Arg::Ptr(probs), Arg::Ptr(logits), Arg::I32(n as i32), Arg::I32(c as i32)];
-        self.launch(gpu, "clas_softmax", stride_grid(n), &args)
+        self.set.launch(gpu, "clas_softmax", stride_grid(n), &args)
     }
 
     /// `clas_add`: y += x over n.
     pub fn clas_add(&self, gpu: &Gpu, y: u64, x: u64, n: usize) -> Result<()> {
         let args = [Arg::Ptr(y), Arg::Ptr(x), Arg::I64(n as i64)];
-        self.launch(gpu, "clas_add", stride_grid(n), &args)
+        self.set.launch(gpu, "clas_add", stride_grid(n), &args)
     }
 
     /// `clas_sumsq_partial`: partial [NORM_BLOCKS] sums of g^2 over g [n].
     pub fn clas_sumsq_partial(&self, gpu: &Gpu, partial: u64, g: u64, n: usize) -> Result<()> {
-        let cfg = LaunchConfig { grid_dim: (NORM_BLOCKS as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        self.launch(gpu, "clas_sumsq_partial", cfg, &[Arg::Ptr(partial), Arg::Ptr(g), Arg::I64(n as i64)])
+        self.set.launch(
+            gpu,
+            "clas_sumsq_partial",
+            blocks(NORM_BLOCKS, BLOCK),
+            &[Arg::Ptr(partial), Arg::Ptr(g), Arg::I64(n as i64)],
+        )
     }
 
     /// `clas_clip_scale`: clip [2] = (norm, factor) from the partial sums.
     pub fn clas_clip_scale(&self, gpu: &Gpu, clip: u64, partial: u64, max_norm: f32) -> Result<()> {
         let args = [Arg::Ptr(clip), Arg::Ptr(partial), Arg::I32(NORM_BLOCKS as i32), Arg::F32(max_norm)];
-        self.launch(gpu, "clas_clip_scale", one_block(), &args)
+        self.set.launch(gpu, "clas_clip_scale", one_block(), &args)
     }
 
     /// `clas_adam`: one group's Adam(W) update, its `t`-th; `consts` = (beta1, beta2, eps, wd).
@@ -303,7 +275,7 @@ impl ClasKernels {
         let [w, m, v] = wmv.map(Arg::Ptr);
         let [b1, b2, eps, wd] = consts.map(Arg::F32);
         let args = [w, m, v, Arg::Ptr(grad), Arg::I64(n as i64), Arg::Ptr(clip), Arg::F32(lr), b1, b2, eps, wd];
-        self.launch(gpu, "clas_adam", stride_grid(n), &[&args[..], &[Arg::I32(t as i32)]].concat())
+        self.set.launch(gpu, "clas_adam", stride_grid(n), &[&args[..], &[Arg::I32(t as i32)]].concat())
     }
 }
 

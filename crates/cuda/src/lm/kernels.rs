@@ -1,12 +1,13 @@
 //! The LM step's kernels (`kernels/lm_*.cu`): compiled by NVRTC once per process as one
 //! source (lm_hash.cu first), loaded into the GPU's context, and one launch wrapper per
-//! kernel with the kernel's name. Every pointer argument is a raw device address into a
-//! buffer the caller owns and sized as the kernel's header comment says.
+//! kernel with the kernel's name, through [`KernelSet::launch`]. Every wrapper passes the
+//! arguments in the order and with the types of its kernel's signature in kernels/lm_*.cu;
+//! every pointer argument is a raw device address into a buffer the caller owns and sized as
+//! the kernel's header comment says.
 
-use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
-
-use crate::device::{compile_cached, ptx_arch, Gpu};
-use crate::error::{DriverContext, Result};
+use crate::device::Gpu;
+use crate::error::Result;
+use crate::launch::{blocks, stride_grid, Arg, KernelSet, BLOCK};
 
 /// The LM kernel sources, in the order NVRTC sees them.
 pub const LM_CU: &str = concat!(
@@ -37,74 +38,18 @@ pub const NAMES: [&str; 12] = [
 
 /// Blocks of `lm_sumsq_partial`: the length of its partial-sum buffer.
 pub const NORM_BLOCKS: usize = 1024;
-/// Threads per block of the elementwise and row kernels.
-const BLOCK: u32 = 256;
 /// Threads per block of the vocabulary-row and single-block kernels.
 const WIDE: u32 = 1024;
-/// Most blocks of a grid-stride kernel (16 per SM of an H200 is plenty).
-const MAX_BLOCKS: usize = 132 * 16;
 
-/// One kernel argument, by value.
-#[derive(Clone, Copy, Debug)]
-pub enum Arg {
-    /// A device address.
-    Ptr(u64),
-    /// `int`
-    I32(i32),
-    /// `long long`
-    I64(i64),
-    /// `unsigned int`
-    U32(u32),
-    /// `unsigned long long`
-    U64(u64),
-    /// `float`
-    F32(f32),
-}
-
-/// The loaded LM kernels, indexed like [`NAMES`].
+/// The loaded LM kernels.
 pub struct LmKernels {
-    funcs: Vec<CudaFunction>,
-}
-
-/// Grid for a grid-stride loop over `n` elements.
-fn stride_grid(n: usize) -> LaunchConfig {
-    let blocks = n.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
-}
-
-/// `blocks` blocks of `threads`.
-fn blocks(blocks: usize, threads: u32) -> LaunchConfig {
-    LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+    set: KernelSet,
 }
 
 impl LmKernels {
     /// Compiles (once per process) and loads the LM kernels into `gpu`'s context.
     pub fn load(gpu: &Gpu) -> Result<Self> {
-        let (major, minor) = gpu.stream().context().compute_capability().op("compute capability")?;
-        let ptx = compile_cached(LM_CU_NAME, LM_CU, &ptx_arch(major, minor))?;
-        let module = gpu.stream().context().load_module(ptx).op("load kernels/lm_*.cu PTX")?;
-        let funcs =
-            NAMES.iter().map(|name| module.load_function(name).op(&format!("load {name}"))).collect::<Result<_>>()?;
-        Ok(LmKernels { funcs })
-    }
-
-    /// Launches kernel `name` with `args` in the kernel's parameter order.
-    fn launch(&self, gpu: &Gpu, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
-        let k = NAMES.iter().position(|n| *n == name).expect("kernel name is in NAMES");
-        let mut lb = gpu.stream().launch_builder(&self.funcs[k]);
-        for a in args {
-            match a {
-                Arg::Ptr(v) | Arg::U64(v) => lb.arg(v),
-                Arg::I32(v) => lb.arg(v),
-                Arg::I64(v) => lb.arg(v),
-                Arg::U32(v) => lb.arg(v),
-                Arg::F32(v) => lb.arg(v),
-            };
-        }
-        // SAFETY: each wrapper below passes the arguments in the order and with the types
-        // of the kernel's signature in kernels/lm_*.cu, and addresses of live device
-        // buffers at least as long as the kernel's header comment says.
-        unsafe { lb.launch(cfg) }.map(|_| ()).op(name)
+        Ok(LmKernels { set: KernelSet::load(gpu, LM_CU_NAME, LM_CU, &NAMES)? })
     }
 
     /// `lm_dropout`: out[k] = inp[k] * mask(k % period), n elements (out may equal inp).
@@ -131,7 +76,7 @@ impl LmKernels {
             Arg::U64(seed),
             Arg::Ptr(step),
         ];
-        self.launch(gpu, "lm_dropout", stride_grid(n), &args)
+        self.set.launch(gpu, "lm_dropout", stride_grid(n), &args)
     }
 
     /// Arguments shared by `lm_embed_fwd` and `lm_embed_bwd` after the first two pointers.
@@ -180,7 +125,7 @@ impl LmKernels {
         let [(pw, tw), (pi, ti)] = masks;
         let mut args = vec![Arg::Ptr(x), Arg::Ptr(emb)];
         args.extend(Self::embed_args(ids, tb, b, e, pw, tw, pi, ti, seed, step));
-        self.launch(gpu, "lm_embed_fwd", stride_grid(tb * e), &args)
+        self.set.launch(gpu, "lm_embed_fwd", stride_grid(tb * e), &args)
     }
 
     /// `lm_embed_bwd`: demb [V, E] += scatter of dx [T*B, E] through the same masks.
@@ -203,7 +148,7 @@ impl LmKernels {
         args.extend(Self::embed_args(ids, tb, b, e, pw, tw, pi, ti, seed, step));
         // One thread per column when E <= 1024, so each row's scan over the ids runs once.
         let threads = (e.div_ceil(32) * 32).min(WIDE as usize) as u32;
-        self.launch(gpu, "lm_embed_bwd", blocks(tb, threads), &args)
+        self.set.launch(gpu, "lm_embed_bwd", blocks(tb, threads), &args)
     }
 
     /// `lm_reg_fwd`: dropped = raw * output mask, per-row AR and TAR sums.
@@ -235,7 +180,7 @@ impl LmKernels {
             Arg::U64(seed),
             Arg::Ptr(step),
         ];
-        self.launch(gpu, "lm_reg_fwd", blocks(n, 128), &args)
+        self.set.launch(gpu, "lm_reg_fwd", blocks(n, 128), &args)
     }
 
     /// `lm_xent`: per row of logits [N, ld], softmax cross-entropy over the V real columns
@@ -266,14 +211,14 @@ impl LmKernels {
             Arg::I32(ld as i32),
             Arg::F32(1.0 / n as f32),
         ];
-        self.launch(gpu, "lm_xent", blocks(n, WIDE), &args)
+        self.set.launch(gpu, "lm_xent", blocks(n, WIDE), &args)
     }
 
     /// `lm_bias_grad`: dbias [ld] = column sums of dlogits [n, ld], in a fixed order.
     pub fn lm_bias_grad(&self, gpu: &Gpu, dbias: u64, dlogits: u64, n: usize, ld: usize) -> Result<()> {
         let args = [Arg::Ptr(dbias), Arg::Ptr(dlogits), Arg::I32(n as i32), Arg::I32(ld as i32)];
         // 32 columns by LM_BIAS_GROUPS = 16 row groups per block (kernels/lm_loss.cu).
-        self.launch(gpu, "lm_bias_grad", blocks(ld.div_ceil(32), 512), &args)
+        self.set.launch(gpu, "lm_bias_grad", blocks(ld.div_ceil(32), 512), &args)
     }
 
     /// `lm_loss_sum`: out [4] = (total, ce, alpha AR, beta TAR) from the row sums.
@@ -302,7 +247,7 @@ impl LmKernels {
             Arg::F32(beta),
             Arg::F32(tar_div),
         ];
-        self.launch(gpu, "lm_loss_sum", blocks(1, WIDE), &args)
+        self.set.launch(gpu, "lm_loss_sum", blocks(1, WIDE), &args)
     }
 
     /// `lm_reg_bwd`: dy [T*B, E] = dL/draw through output dropout, AR and TAR.
@@ -340,25 +285,25 @@ impl LmKernels {
             Arg::U64(seed),
             Arg::Ptr(step),
         ];
-        self.launch(gpu, "lm_reg_bwd", stride_grid(t * b * e), &args)
+        self.set.launch(gpu, "lm_reg_bwd", stride_grid(t * b * e), &args)
     }
 
     /// `lm_step_begin`: step += 1.
     pub fn lm_step_begin(&self, gpu: &Gpu, step: u64) -> Result<()> {
-        self.launch(gpu, "lm_step_begin", blocks(1, 1), &[Arg::Ptr(step)])
+        self.set.launch(gpu, "lm_step_begin", blocks(1, 1), &[Arg::Ptr(step)])
     }
 
     /// `lm_sumsq_partial`: partial [NORM_BLOCKS] sums of g^2 over one group's g [n] (zeros
     /// when the group's `hyper` slot says frozen).
     pub fn lm_sumsq_partial(&self, gpu: &Gpu, partial: u64, g: u64, n: usize, hyper: u64) -> Result<()> {
         let args = [Arg::Ptr(partial), Arg::Ptr(g), Arg::I64(n as i64), Arg::Ptr(hyper)];
-        self.launch(gpu, "lm_sumsq_partial", blocks(NORM_BLOCKS, BLOCK), &args)
+        self.set.launch(gpu, "lm_sumsq_partial", blocks(NORM_BLOCKS, BLOCK), &args)
     }
 
     /// `lm_clip_scale`: clip [2] = (norm, factor) from `nparts` partial sums.
     pub fn lm_clip_scale(&self, gpu: &Gpu, clip: u64, partial: u64, nparts: usize, hyper: u64) -> Result<()> {
         let args = [Arg::Ptr(clip), Arg::Ptr(partial), Arg::I32(nparts as i32), Arg::Ptr(hyper)];
-        self.launch(gpu, "lm_clip_scale", blocks(1, WIDE), &args)
+        self.set.launch(gpu, "lm_clip_scale", blocks(1, WIDE), &args)
     }
 
     /// `lm_adam`: the fused Adam(W) update of [w, m, v, grad] [n] (a part of one group), with
@@ -385,6 +330,6 @@ impl LmKernels {
             Arg::Ptr(step),
             Arg::I32(decay as i32),
         ];
-        self.launch(gpu, "lm_adam", stride_grid(n), &args)
+        self.set.launch(gpu, "lm_adam", stride_grid(n), &args)
     }
 }
